@@ -1,0 +1,105 @@
+package sim
+
+import (
+	"fmt"
+	"regexp"
+	"runtime"
+	"runtime/debug"
+	"strings"
+	"testing"
+)
+
+// Run runs fn as one simulation inside test t: it takes the seed from
+// DST_SEED (choosing and printing one when unset), runs fn, stops the nodes,
+// checks invariants and faults, and prints the summary line
+//
+//	dst <TestName> seed=<N> trace=<sha256> virtual=<duration>
+//
+// On failure it also prints the last events of the trace and the command
+// that replays the run. fn reports problems through t as any test does, or
+// by returning an error.
+func Run(t *testing.T, fn func(s *Simulation) error) {
+	t.Helper()
+	seed, chosen, err := SeedFromEnv()
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+	if chosen {
+		t.Logf("%s is not set; chose seed %d", SeedEnv, seed)
+	}
+	pkg := callerPackage()
+	s := New(t.Name(), seed)
+	var fnErr error
+	completed := false
+	// The report runs deferred so it also runs when fn stops the test with
+	// t.FailNow (runtime.Goexit) or panics.
+	defer func() {
+		if p := recover(); p != nil {
+			buf := make([]byte, 16<<10)
+			buf = buf[:runtime.Stack(buf, false)]
+			fnErr = fmt.Errorf("panic: %v\n%s", p, buf)
+		} else if !completed {
+			fnErr = fmt.Errorf("the simulation stopped early")
+		}
+		res := s.finish(fnErr)
+		fmt.Println(res.Line())
+		if res.Err == nil && !t.Failed() {
+			return
+		}
+		if res.Err != nil {
+			t.Errorf("simulation failed: %v", res.Err)
+		}
+		var b strings.Builder
+		fmt.Fprintf(&b, "last %d trace events:\n", len(res.Tail))
+		for _, e := range res.Tail {
+			fmt.Fprintf(&b, "  %s\n", e)
+		}
+		fmt.Fprintf(&b, "replay: %s", ReplayCommand(pkg, t.Name(), seed))
+		t.Log(b.String())
+	}()
+	fnErr = fn(s)
+	completed = true
+}
+
+// ReplayCommand is the command that replays the simulation test called test
+// in package pkg (a path relative to the module root, "./sim") with seed.
+func ReplayCommand(pkg, test string, seed uint64) string {
+	parts := strings.Split(test, "/")
+	for i, p := range parts {
+		parts[i] = "^" + regexp.QuoteMeta(p) + "$"
+	}
+	return fmt.Sprintf("make sim SEED=%d PKG=%s RUN='%s'", seed, pkg, strings.Join(parts, "/"))
+}
+
+// modulePath is the module's import path, used when build information is
+// not available.
+const modulePath = "github.com/kelpie-go/kelpie"
+
+// callerPackage returns the module-relative directory ("./simnet") of the
+// function that called Run.
+func callerPackage() string {
+	pc, _, _, ok := runtime.Caller(2)
+	if !ok {
+		return "./..."
+	}
+	fn := runtime.FuncForPC(pc)
+	if fn == nil {
+		return "./..."
+	}
+	name := fn.Name() // e.g. github.com/kelpie-go/kelpie/simnet_test.TestSimX.func1
+	slash := strings.LastIndex(name, "/")
+	dot := strings.Index(name[slash+1:], ".")
+	if dot < 0 {
+		return "./..."
+	}
+	pkg := strings.TrimSuffix(name[:slash+1+dot], "_test")
+	mod := modulePath
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Path != "" {
+		mod = bi.Main.Path
+	}
+	rel := strings.TrimPrefix(pkg, mod)
+	if rel == pkg {
+		return "./..."
+	}
+	return "." + rel
+}

@@ -1,26 +1,18 @@
 package sim_test
 
 import (
-	"context"
-	"fmt"
-	"sync"
 	"testing"
 	"testing/synctest"
-	"time"
 
 	"github.com/kelpie-go/kelpie/sim"
 )
 
-// canaryDuration is the simulated time the canary's goroutines sleep through.
-const canaryDuration = time.Hour
 
-// TestSimCanary proves the simulation is in control. Eight goroutines sleep,
-// select and iterate maps for an hour; every choice they make goes into the
-// trace. Under the executor the hour passes in virtual time (the test would
-// otherwise outlive go test's timeout) and the trace is a function of the
-// seed: cmd/kelpie-dst's TestCanary runs this test twice per seed and
-// compares the hashes. Natively it runs the same body inside a synctest
-// bubble, whose fake clock gives the same guarantee about time.
+// TestSimCanary runs the canary scenario (see sim.Canary). Under the
+// executor the hour passes in virtual time; cmd/kelpie-dst's TestCanary runs
+// it twice per seed and compares the trace hashes. Natively it runs inside a
+// testing/synctest bubble, whose fake clock gives the same guarantee about
+// time, so the test checks the scenario's own logic in both modes.
 func TestSimCanary(t *testing.T) {
 	if sim.UnderExecutor() {
 		canary(t)
@@ -30,54 +22,14 @@ func TestSimCanary(t *testing.T) {
 	synctest.Test(t, canary)
 }
 
-func canary(t *testing.T) {
-	sim.Run(t, func(s *sim.Simulation) error {
-		start := time.Now()
-		ctx, cancel := context.WithTimeout(context.Background(), canaryDuration)
-		defer cancel()
-		var wg sync.WaitGroup
-		ticks := make(chan string, 64)
-		for g := 0; g < 8; g++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				m := map[int]int{1: 1, 2: 2, 3: 3, 4: 4, 5: 5}
-				period := time.Duration(g+1) * 7 * time.Minute
-				for i := 0; ; i++ {
-					select {
-					case <-ctx.Done():
-						return
-					case <-time.After(period):
-					}
-					// Map iteration order and the scheduler's choice of which
-					// goroutine sends first are both seeded.
-					order := ""
-					for k := range m {
-						order += fmt.Sprint(k)
-						break
-					}
-					select {
-					case ticks <- fmt.Sprintf("g%d tick %d first-key %s", g, i, order):
-					case <-ctx.Done():
-						return
-					}
-				}
-			}()
-		}
-		go func() { wg.Wait(); close(ticks) }()
-		n := 0
-		for ev := range ticks {
-			s.Record("", "%s", ev)
-			n++
-		}
-		elapsed := time.Since(start)
-		if elapsed < canaryDuration {
-			return fmt.Errorf("an hour of sleeping took %s of clock time: the clock is not the one that sleeps", elapsed)
-		}
-		if n < 8 {
-			return fmt.Errorf("%d ticks in an hour, want at least 8", n)
-		}
-		s.Record("", "canary done: %d ticks in %s", n, elapsed.Truncate(time.Minute))
-		return nil
-	})
+func canary(t *testing.T) { sim.RunScenario(t, sim.Canary) }
+
+// synctestOrDirect runs f in a synctest bubble natively, where time is fake,
+// and directly under the executor, where it already is.
+func synctestOrDirect(t *testing.T, f func(t *testing.T)) {
+	if sim.UnderExecutor() {
+		f(t)
+		return
+	}
+	synctest.Test(t, f)
 }

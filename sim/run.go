@@ -76,30 +76,37 @@ func ReplayCommand(pkg, test string, seed uint64) string {
 const modulePath = "github.com/kelpie-go/kelpie"
 
 // callerPackage returns the module-relative directory ("./simnet") of the
-// function that called Run.
+// first caller outside this package: the test that ran the simulation.
 func callerPackage() string {
-	pc, _, _, ok := runtime.Caller(2)
-	if !ok {
-		return "./..."
-	}
-	fn := runtime.FuncForPC(pc)
-	if fn == nil {
-		return "./..."
-	}
-	name := fn.Name() // e.g. github.com/kelpie-go/kelpie/simnet_test.TestSimX.func1
-	slash := strings.LastIndex(name, "/")
-	dot := strings.Index(name[slash+1:], ".")
-	if dot < 0 {
-		return "./..."
-	}
-	pkg := strings.TrimSuffix(name[:slash+1+dot], "_test")
 	mod := modulePath
 	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Path != "" {
 		mod = bi.Main.Path
 	}
-	rel := strings.TrimPrefix(pkg, mod)
-	if rel == pkg {
-		return "./..."
+	pcs := make([]uintptr, 16)
+	frames := runtime.CallersFrames(pcs[:runtime.Callers(2, pcs)])
+	for {
+		f, more := frames.Next()
+		pkg := funcPackage(f.Function)
+		if pkg != "" && pkg != mod+"/sim" {
+			if rel, ok := strings.CutPrefix(strings.TrimSuffix(pkg, "_test"), mod); ok {
+				return "." + rel
+			}
+			return "./..."
+		}
+		if !more {
+			return "./..."
+		}
 	}
-	return "." + rel
+}
+
+// funcPackage returns the import path in a function's full name, e.g.
+// "github.com/kelpie-go/kelpie/simnet_test" for
+// "github.com/kelpie-go/kelpie/simnet_test.TestSimX.func1".
+func funcPackage(name string) string {
+	slash := strings.LastIndex(name, "/")
+	dot := strings.Index(name[slash+1:], ".")
+	if dot < 0 {
+		return ""
+	}
+	return name[:slash+1+dot]
 }

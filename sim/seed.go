@@ -16,12 +16,9 @@ const SeedEnv = "DST_SEED"
 // decimal unsigned 64-bit integer.
 func ParseSeed(s string) (uint64, error) {
 	s = strings.TrimSpace(s)
-	if s == "" {
-		return 0, fmt.Errorf("%s is empty: want a decimal integer between 0 and %d", SeedEnv, uint64(1<<64-1))
-	}
 	n, err := strconv.ParseUint(s, 10, 64)
 	if err != nil {
-		return 0, fmt.Errorf("%s=%q is not a seed: want a decimal integer between 0 and %d", SeedEnv, s, uint64(1<<64-1))
+		return 0, fmt.Errorf("seed %q: want a decimal integer between 0 and %d", s, uint64(1<<64-1))
 	}
 	return n, nil
 }
@@ -35,7 +32,10 @@ func SeedFromEnv() (seed uint64, chosen bool, err error) {
 		return RandomSeed(), true, nil
 	}
 	seed, err = ParseSeed(v)
-	return seed, false, err
+	if err != nil {
+		return 0, false, fmt.Errorf("%s: %w", SeedEnv, err)
+	}
+	return seed, false, nil
 }
 
 // RandomSeed returns a fresh seed from the operating system's random source.

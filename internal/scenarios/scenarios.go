@@ -1,0 +1,28 @@
+// Package scenarios lists every simulation scenario in Kelpie, for the
+// scenarios module (cmd/kelpie-scenarios) that kelpie sim runs. A package
+// that owns a simulated feature exports its scenarios; they are added here.
+package scenarios
+
+import (
+	"fmt"
+	"sort"
+
+	"github.com/kelpie-go/kelpie/sim"
+)
+
+// All returns every scenario, sorted by name.
+func All() []sim.Scenario {
+	all := []sim.Scenario{sim.Canary}
+	sort.Slice(all, func(i, j int) bool { return all[i].Name < all[j].Name })
+	return all
+}
+
+// Lookup returns the scenario called name.
+func Lookup(name string) (sim.Scenario, error) {
+	for _, sc := range All() {
+		if sc.Name == name {
+			return sc, nil
+		}
+	}
+	return sim.Scenario{}, fmt.Errorf("unknown scenario %q (kelpie sim --list shows them)", name)
+}

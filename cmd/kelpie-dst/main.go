@@ -98,12 +98,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		cfg.Seed, cfg.Stdout, cfg.Stderr = seed, stdout, stderr
 		res, err := runner.Run(ctx, mod, cfg)
 		if err != nil {
-			fmt.Fprintf(stderr, "kelpie-dst: %v\nkelpie-dst: seed=%d; replay: %s\n", err, seed, replay(wd, seed, progArgs))
+			fmt.Fprintf(stderr, "kelpie-dst: %v\nkelpie-dst: seed=%d; replay: %s\n", err, seed, replay(wd, seed, prog, progArgs))
 			return 1
 		}
 		if res.ExitCode != 0 {
 			fmt.Fprintf(stderr, "kelpie-dst: exit status %d with seed=%d (virtual %s, real %s)\nkelpie-dst: replay: %s\n",
-				res.ExitCode, seed, res.Virtual, res.Real.Round(time.Millisecond), replay(wd, seed, progArgs))
+				res.ExitCode, seed, res.Virtual, res.Real.Round(time.Millisecond), replay(wd, seed, prog, progArgs))
 		}
 		return int(res.ExitCode)
 	}
@@ -113,7 +113,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "kelpie-dst: -seeds: %v\n", err)
 		return 2
 	}
-	return sweep(ctx, runner, mod, base, rng, *repeat, *quiet, wd, progArgs, stdout, stderr)
+	return sweep(ctx, runner, mod, base, rng, *repeat, *quiet, wd, prog, progArgs, stdout, stderr)
 }
 
 // VirtualTimeoutScale converts go test's -timeout into virtual time. The
@@ -149,7 +149,7 @@ const maxRepeat = 10
 // sweep runs every seed in rng, repeat times each, and compares the summary
 // lines of the repeats.
 func sweep(ctx context.Context, runner *executor.Runner, mod *executor.Module, base executor.Config,
-	rng sim.SeedRange, repeat int, quiet bool, wd string, progArgs []string, stdout, stderr io.Writer) int {
+	rng sim.SeedRange, repeat int, quiet bool, wd, prog string, progArgs []string, stdout, stderr io.Writer) int {
 	var failures []string
 	start := time.Now()
 	for i := 0; i < rng.Len(); i++ {
@@ -163,12 +163,12 @@ func sweep(ctx context.Context, runner *executor.Runner, mod *executor.Module, b
 			lines := summaryLines(out.Bytes())
 			switch {
 			case err != nil:
-				failures = append(failures, fmt.Sprintf("seed=%d: %v; replay: %s", seed, err, replay(wd, seed, progArgs)))
+				failures = append(failures, fmt.Sprintf("seed=%d: %v; replay: %s", seed, err, replay(wd, seed, prog, progArgs)))
 			case res.ExitCode != 0:
 				if !quiet {
 					stdout.Write(out.Bytes())
 				}
-				failures = append(failures, fmt.Sprintf("seed=%d: exit status %d; replay: %s", seed, res.ExitCode, replay(wd, seed, progArgs)))
+				failures = append(failures, fmt.Sprintf("seed=%d: exit status %d; replay: %s", seed, res.ExitCode, replay(wd, seed, prog, progArgs)))
 			case r == 0:
 				first = lines
 				if quiet {
@@ -180,7 +180,7 @@ func sweep(ctx context.Context, runner *executor.Runner, mod *executor.Module, b
 				}
 			default:
 				if d := diffLines(first, lines); d != "" {
-					failures = append(failures, fmt.Sprintf("seed=%d: run %d differs from run 1 (not deterministic): %s; replay: %s", seed, r+1, d, replay(wd, seed, progArgs)))
+					failures = append(failures, fmt.Sprintf("seed=%d: run %d differs from run 1 (not deterministic): %s; replay: %s", seed, r+1, d, replay(wd, seed, prog, progArgs)))
 				}
 			}
 			if ctx.Err() != nil {
@@ -246,20 +246,26 @@ func passEnv(env []string) []string {
 // replay is the command that reruns this program with seed: a go test
 // command when the program is a test binary run from a package directory
 // inside a module, else a kelpie-dst command.
-func replay(wd string, seed uint64, args []string) string {
+func replay(wd string, seed uint64, prog string, args []string) string {
 	self, err := os.Executable()
 	if err != nil {
 		self = "kelpie-dst"
 	}
-	root, rel, ok := moduleDir(wd)
-	if !ok {
-		return fmt.Sprintf("DST_SEED=%d %s <program> %s", seed, self, strings.Join(args, " "))
-	}
 	var testArgs []string
+	isTest := false
 	for _, a := range args {
+		isTest = isTest || strings.HasPrefix(a, "-test.")
 		if v, ok := strings.CutPrefix(a, "-test.run="); ok {
 			testArgs = append(testArgs, "-run", shellQuote(v))
 		}
+	}
+	root, rel, ok := moduleDir(wd)
+	if !ok || !isTest {
+		quoted := make([]string, len(args))
+		for i, a := range args {
+			quoted[i] = shellQuote(a)
+		}
+		return strings.TrimSpace(fmt.Sprintf("DST_SEED=%d %s %s %s", seed, shellQuote(self), shellQuote(prog), strings.Join(quoted, " ")))
 	}
 	return fmt.Sprintf("cd %s && DST_SEED=%d GOOS=wasip1 GOARCH=wasm go test -count=1 -v -exec %s %s ./%s",
 		shellQuote(root), seed, shellQuote(self), strings.Join(testArgs, " "), filepath.ToSlash(rel))

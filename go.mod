@@ -5,6 +5,7 @@ go 1.26.0
 require github.com/anishathalye/porcupine v1.3.1
 
 require (
+	github.com/google/btree v1.1.3 // indirect
 	github.com/tetratelabs/wazero v1.12.0 // indirect
 	go.etcd.io/bbolt v1.5.0 // indirect
 	golang.org/x/sys v0.49.0 // indirect

@@ -37,8 +37,10 @@ const (
 	KeyLimit = 10_000
 	// ValueLimit is the largest value, in bytes.
 	ValueLimit = 100_000
-	// TransactionLimit bounds the bytes of one transaction's mutations: the
-	// keys and values it sets plus the keys and range bounds it clears.
+	// TransactionLimit bounds the bytes of one transaction, counted as
+	// FoundationDB counts them: the keys and values it sets, the keys and
+	// range bounds it clears, and the keys and range bounds it reads (its
+	// conflict set).
 	TransactionLimit = 10_000_000
 	// RangeResultLimit bounds the bytes (keys plus values) one GetRange call
 	// returns. A range read that would return more fails with ErrTooLarge;
@@ -59,7 +61,7 @@ var (
 	ErrKeyTooLarge = fmt.Errorf("key too large: %w", ErrTooLarge)
 	// ErrValueTooLarge: a value is longer than ValueLimit. It wraps ErrTooLarge.
 	ErrValueTooLarge = fmt.Errorf("value too large: %w", ErrTooLarge)
-	// ErrTransactionTooLarge: a transaction's mutations exceed
+	// ErrTransactionTooLarge: a transaction's size (see TransactionLimit) would exceed
 	// TransactionLimit. It wraps ErrTooLarge.
 	ErrTransactionTooLarge = fmt.Errorf("transaction too large: %w", ErrTooLarge)
 	// ErrRangeTooLarge: a range read would return more than

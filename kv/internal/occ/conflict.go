@@ -1,0 +1,104 @@
+package occ
+
+import (
+	"bytes"
+	"fmt"
+	"sort"
+
+	"github.com/kelpie-go/kelpie/kv"
+)
+
+// Bounds of the commit history kept for conflict checks. A transaction
+// whose read version is older than everything kept cannot be validated and
+// fails with a conflict (FoundationDB's "transaction too old"); Transact
+// then retries it on a fresh snapshot.
+const (
+	// ConflictLogCommits is the most commits remembered.
+	ConflictLogCommits = 10_000
+	// ConflictLogBytes bounds the bytes of write ranges remembered.
+	ConflictLogBytes = 64 << 20
+)
+
+type logEntry struct {
+	version kv.Version
+	writes  []kv.KeyRange
+	bytes   int
+}
+
+// ConflictLog remembers the write sets of recent commits so that a commit
+// can be checked against everything that committed after its read version.
+// It is not safe for concurrent use: engines call it under their commit
+// lock.
+type ConflictLog struct {
+	entries []logEntry // ascending by version
+	bytes   int
+	// floor is the newest version forgotten: a read version below it
+	// cannot be checked.
+	floor kv.Version
+}
+
+// NewConflictLog returns a log for a store whose current version is v:
+// transactions that read before v cannot be checked.
+func NewConflictLog(v kv.Version) *ConflictLog { return &ConflictLog{floor: v} }
+
+// Check returns an error wrapping kv.ErrConflict if a commit after
+// readVersion wrote inside one of reads.
+func (l *ConflictLog) Check(readVersion kv.Version, reads []kv.KeyRange) error {
+	if readVersion < l.floor {
+		return fmt.Errorf("%w: read version %d is older than the oldest commit remembered (%d; occ.ConflictLogCommits)", kv.ErrConflict, readVersion, l.floor)
+	}
+	i := sort.Search(len(l.entries), func(i int) bool { return l.entries[i].version > readVersion })
+	if i == len(l.entries) || len(reads) == 0 {
+		return nil
+	}
+	rs := normalize(reads)
+	for _, e := range l.entries[i:] {
+		for _, w := range e.writes {
+			j := sort.Search(len(rs), func(j int) bool { return bytes.Compare(rs[j].End, w.Begin) > 0 })
+			if j < len(rs) && bytes.Compare(rs[j].Begin, w.End) < 0 {
+				return fmt.Errorf("%w: read %s was written by the commit at version %d, after this transaction's read version %d", kv.ErrConflict, rs[j], e.version, readVersion)
+			}
+		}
+	}
+	return nil
+}
+
+// Add records that the commit at version v wrote writes. Versions must be
+// added in increasing order.
+func (l *ConflictLog) Add(v kv.Version, writes []kv.KeyRange) {
+	n := 0
+	for _, w := range writes {
+		n += len(w.Begin) + len(w.End)
+	}
+	l.entries = append(l.entries, logEntry{version: v, writes: writes, bytes: n})
+	l.bytes += n
+	drop := 0
+	for len(l.entries)-drop > ConflictLogCommits || (l.bytes > ConflictLogBytes && len(l.entries)-drop > 1) {
+		l.bytes -= l.entries[drop].bytes
+		l.floor = l.entries[drop].version
+		drop++
+	}
+	if drop > 0 {
+		l.entries = append(l.entries[:0:0], l.entries[drop:]...)
+	}
+}
+
+// normalize sorts ranges and merges overlapping ones.
+func normalize(rs []kv.KeyRange) []kv.KeyRange {
+	s := append([]kv.KeyRange(nil), rs...)
+	sort.Slice(s, func(i, j int) bool { return bytes.Compare(s[i].Begin, s[j].Begin) < 0 })
+	out := s[:0]
+	for _, r := range s {
+		if r.Empty() {
+			continue
+		}
+		if n := len(out); n > 0 && bytes.Compare(r.Begin, out[n-1].End) <= 0 {
+			if bytes.Compare(r.End, out[n-1].End) > 0 {
+				out[n-1].End = r.End
+			}
+			continue
+		}
+		out = append(out, r)
+	}
+	return out
+}

@@ -1,0 +1,171 @@
+package occ
+
+import (
+	"bytes"
+	"context"
+	"sync"
+
+	"github.com/google/btree"
+	"github.com/kelpie-go/kelpie/kv"
+)
+
+type item struct {
+	key, value []byte
+}
+
+func itemLess(a, b item) bool { return bytes.Compare(a.key, b.key) < 0 }
+
+// Mem is an in-memory multi-version store: the latest committed state is a
+// copy-on-write B-tree, and a snapshot is a lazy clone of it, so snapshots
+// are O(1) and never block commits. Stored slices are never modified after
+// they are inserted, so snapshots can hand them out without copying.
+type Mem struct {
+	mu      sync.Mutex
+	tree    *btree.BTreeG[item]
+	version kv.Version
+	log     *ConflictLog
+	closed  bool
+	// commitMu serialises commits, held across the durability hook (which
+	// may sleep) so that validation and apply see no commit in between.
+	// Snapshots take only mu, so they are not held up by a slow commit.
+	commitMu sync.Mutex
+}
+
+// NewMem returns an empty store at version 0.
+func NewMem() *Mem {
+	return &Mem{tree: btree.NewG(btreeDegree, itemLess), log: NewConflictLog(0)}
+}
+
+// Version is the latest committed version.
+func (m *Mem) Version() kv.Version {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.version
+}
+
+// Snapshot implements Engine.
+func (m *Mem) Snapshot(ctx context.Context) (Snapshot, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return nil, kv.ErrClosed
+	}
+	return &memSnap{tree: m.tree.Clone(), version: m.version}, nil
+}
+
+// Commit implements Engine, with no durability step.
+func (m *Mem) Commit(ctx context.Context, c *Commit) (kv.Version, error) {
+	return m.CommitWith(c, nil)
+}
+
+// CommitWith validates c, then calls persist (if not nil) with the version
+// the commit will get, and applies c only if persist succeeds. persist is
+// where a durable backend writes and syncs; an error from it leaves the
+// store as it was.
+func (m *Mem) CommitWith(c *Commit, persist func(v kv.Version) error) (kv.Version, error) {
+	m.commitMu.Lock()
+	defer m.commitMu.Unlock()
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return 0, kv.ErrClosed
+	}
+	if err := m.log.Check(c.ReadVersion, c.Reads); err != nil {
+		m.mu.Unlock()
+		return 0, err
+	}
+	v := m.version + 1
+	m.mu.Unlock()
+	if persist != nil {
+		if err := persist(v); err != nil {
+			return 0, err
+		}
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		// Closed while persisting: the commit may be durable, but this
+		// handle can no longer apply it; a reopen replays it.
+		return 0, kv.ErrClosed
+	}
+	m.applyLocked(c.Mutations)
+	m.version = v
+	m.log.Add(v, c.Writes)
+	return v, nil
+}
+
+// Replay applies mutations as the commit at version v without validation,
+// for rebuilding a store from its log. v must be greater than Version.
+func (m *Mem) Replay(v kv.Version, muts []Mutation) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.applyLocked(muts)
+	m.version = v
+	m.log = NewConflictLog(v)
+}
+
+func (m *Mem) applyLocked(muts []Mutation) {
+	for _, mu := range muts {
+		switch mu.Op {
+		case OpSet:
+			m.tree.ReplaceOrInsert(item{key: clone(mu.Key), value: cloneNonNil(mu.Value)})
+		case OpClear:
+			m.tree.Delete(item{key: mu.Key})
+		case OpClearRange:
+			var drop []item
+			m.tree.AscendRange(item{key: mu.Key}, item{key: mu.End}, func(it item) bool {
+				drop = append(drop, it)
+				return true
+			})
+			for _, it := range drop {
+				m.tree.Delete(it)
+			}
+		}
+	}
+}
+
+// Close implements Engine.
+func (m *Mem) Close() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.closed = true
+	return nil
+}
+
+// Len is the number of keys in the latest state.
+func (m *Mem) Len() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.tree.Len()
+}
+
+type memSnap struct {
+	tree    *btree.BTreeG[item]
+	version kv.Version
+}
+
+func (s *memSnap) Version() kv.Version { return s.version }
+
+func (s *memSnap) Get(key []byte) ([]byte, bool, error) {
+	it, ok := s.tree.Get(item{key: key})
+	return it.value, ok, nil
+}
+
+func (s *memSnap) Scan(r kv.KeyRange, reverse bool, fn func(k, v []byte) bool) error {
+	if !reverse {
+		s.tree.AscendRange(item{key: r.Begin}, item{key: r.End}, func(it item) bool { return fn(it.key, it.value) })
+		return nil
+	}
+	s.tree.DescendLessOrEqual(item{key: r.End}, func(it item) bool {
+		if bytes.Compare(it.key, r.Begin) < 0 {
+			return false
+		}
+		if bytes.Equal(it.key, r.End) {
+			return true
+		}
+		return fn(it.key, it.value)
+	})
+	return nil
+}
+
+func (s *memSnap) Release() { s.tree = nil }

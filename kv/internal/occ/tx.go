@@ -1,0 +1,365 @@
+package occ
+
+import (
+	"bytes"
+	"fmt"
+	"sort"
+	"sync"
+
+	"github.com/google/btree"
+	"github.com/kelpie-go/kelpie/kv"
+)
+
+// write is one buffered point write; tombstone marks a Clear.
+type write struct {
+	key       []byte
+	value     []byte
+	tombstone bool
+}
+
+func writeLess(a, b write) bool { return bytes.Compare(a.key, b.key) < 0 }
+
+// btreeDegree is the fan-out of the in-memory B-trees: 32 keeps nodes a few
+// cache lines wide, the library's recommended range.
+const btreeDegree = 32
+
+// Tx is a transaction over a Snapshot: reads see the snapshot overlaid with
+// the transaction's own buffered writes, and every read adds its range to
+// the read conflict set. It is safe for use by several goroutines, though
+// one transaction is normally used by one.
+type Tx struct {
+	mu      sync.Mutex
+	snap    Snapshot
+	done    bool
+	points  *btree.BTreeG[write]
+	cleared []kv.KeyRange // sorted, disjoint, non-adjacent
+	reads   []kv.KeyRange
+	size    int // bytes counted against kv.TransactionLimit
+	hooks   []func(kv.Version)
+}
+
+var _ kv.Tx = (*Tx)(nil)
+
+func newTx(s Snapshot) *Tx {
+	return &Tx{snap: s, points: btree.NewG(btreeDegree, writeLess)}
+}
+
+// finish ends the transaction and returns what it would commit.
+func (t *Tx) finish() (*Commit, []func(kv.Version)) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.done = true
+	c := &Commit{ReadVersion: t.snap.Version(), Reads: t.reads}
+	for _, r := range t.cleared {
+		c.Mutations = append(c.Mutations, Mutation{Op: OpClearRange, Key: r.Begin, End: r.End})
+		c.Writes = append(c.Writes, r)
+	}
+	t.points.Ascend(func(w write) bool {
+		if w.tombstone {
+			c.Mutations = append(c.Mutations, Mutation{Op: OpClear, Key: w.key})
+		} else {
+			c.Mutations = append(c.Mutations, Mutation{Op: OpSet, Key: w.key, Value: w.value})
+		}
+		c.Writes = append(c.Writes, kv.SingleKey(w.key))
+		return true
+	})
+	return c, t.hooks
+}
+
+func (t *Tx) check() error {
+	if t.done {
+		return kv.ErrTransactionDone
+	}
+	return nil
+}
+
+// grow counts n more bytes against kv.TransactionLimit.
+func (t *Tx) grow(n int) error {
+	if t.size+n > kv.TransactionLimit {
+		return &kv.LimitError{What: "transaction", Size: t.size + n, Limit: kv.TransactionLimit, Err: kv.ErrTransactionTooLarge}
+	}
+	t.size += n
+	return nil
+}
+
+func (t *Tx) addRead(r kv.KeyRange) error {
+	if err := t.grow(len(r.Begin) + len(r.End)); err != nil {
+		return err
+	}
+	t.reads = append(t.reads, r)
+	return nil
+}
+
+// inCleared reports whether key lies in a range this transaction cleared.
+func (t *Tx) inCleared(key []byte) bool {
+	i := sort.Search(len(t.cleared), func(i int) bool { return bytes.Compare(t.cleared[i].End, key) > 0 })
+	return i < len(t.cleared) && bytes.Compare(t.cleared[i].Begin, key) <= 0
+}
+
+// ReadVersion implements kv.ReadTx.
+func (t *Tx) ReadVersion() kv.Version { return t.snap.Version() }
+
+// Get implements kv.ReadTx.
+func (t *Tx) Get(key []byte) ([]byte, bool, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if err := t.check(); err != nil {
+		return nil, false, err
+	}
+	if err := kv.CheckKey(key); err != nil {
+		return nil, false, fmt.Errorf("get: %w", err)
+	}
+	if w, ok := t.points.Get(write{key: key}); ok {
+		if w.tombstone {
+			return nil, false, nil
+		}
+		return cloneNonNil(w.value), true, nil
+	}
+	if t.inCleared(key) {
+		return nil, false, nil
+	}
+	if err := t.addRead(kv.SingleKey(key)); err != nil {
+		return nil, false, fmt.Errorf("get: %w", err)
+	}
+	v, ok, err := t.snap.Get(key)
+	if err != nil {
+		return nil, false, fmt.Errorf("get %q: %w", key, err)
+	}
+	if !ok {
+		return nil, false, nil
+	}
+	return cloneNonNil(v), true, nil
+}
+
+// GetRange implements kv.ReadTx.
+func (t *Tx) GetRange(r kv.KeyRange, opts kv.RangeOptions) ([]kv.KeyValue, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if err := t.check(); err != nil {
+		return nil, err
+	}
+	if err := kv.CheckRange(r); err != nil {
+		return nil, fmt.Errorf("get range: %w", err)
+	}
+	if err := kv.CheckRangeOptions(opts); err != nil {
+		return nil, fmt.Errorf("get range: %w", err)
+	}
+	if r.Empty() {
+		return nil, nil
+	}
+
+	// The transaction's own point writes inside r, in scan order.
+	var mine []write
+	collect := func(w write) bool { mine = append(mine, w); return true }
+	if opts.Reverse {
+		t.points.DescendLessOrEqual(write{key: r.End}, func(w write) bool {
+			if bytes.Compare(w.key, r.Begin) < 0 {
+				return false
+			}
+			if bytes.Equal(w.key, r.End) {
+				return true
+			}
+			return collect(w)
+		})
+	} else {
+		t.points.AscendRange(write{key: r.Begin}, write{key: r.End}, collect)
+	}
+
+	var (
+		out      []kv.KeyValue
+		bytesOut int
+		tooLarge error
+	)
+	full := func() bool { return opts.Limit > 0 && len(out) >= opts.Limit }
+	emit := func(k, v []byte) bool {
+		bytesOut += len(k) + len(v)
+		if bytesOut > kv.RangeResultLimit {
+			tooLarge = &kv.LimitError{What: "range result", Size: bytesOut, Limit: kv.RangeResultLimit, Err: kv.ErrRangeTooLarge}
+			return false
+		}
+		out = append(out, kv.KeyValue{Key: cloneNonNil(k), Value: cloneNonNil(v)})
+		return !full()
+	}
+	// before reports whether a comes before b in scan order.
+	before := func(a, b []byte) bool {
+		if opts.Reverse {
+			return bytes.Compare(a, b) > 0
+		}
+		return bytes.Compare(a, b) < 0
+	}
+	next := 0
+	// flushMine emits this transaction's writes that come before key in
+	// scan order (all of them when key is nil).
+	flushMine := func(key []byte) bool {
+		for next < len(mine) && (key == nil || before(mine[next].key, key)) {
+			w := mine[next]
+			next++
+			if w.tombstone {
+				continue
+			}
+			if !emit(w.key, w.value) {
+				return false
+			}
+		}
+		return true
+	}
+	more := true
+	err := t.snap.Scan(r, opts.Reverse, func(k, v []byte) bool {
+		if !flushMine(k) {
+			more = false
+			return false
+		}
+		if next < len(mine) && bytes.Equal(mine[next].key, k) {
+			return true // shadowed by our own write, emitted by flushMine
+		}
+		if t.inCleared(k) {
+			return true
+		}
+		if !emit(k, v) {
+			more = false
+			return false
+		}
+		return true
+	})
+	if err != nil {
+		return nil, fmt.Errorf("get range %s: %w", r, err)
+	}
+	if more {
+		flushMine(nil)
+	}
+	if tooLarge != nil {
+		return nil, fmt.Errorf("get range %s: %w; read it in pages with RangeOptions.Limit", r, tooLarge)
+	}
+
+	// Only what was actually read joins the conflict set: a limited read
+	// does not depend on keys past the last one it returned.
+	read := kv.KeyRange{Begin: r.Begin, End: r.End}
+	if full() {
+		last := out[len(out)-1].Key
+		if opts.Reverse {
+			read.Begin = last
+		} else {
+			read.End = kv.KeyAfter(last)
+		}
+	}
+	if err := t.addRead(read); err != nil {
+		return nil, fmt.Errorf("get range: %w", err)
+	}
+	return out, nil
+}
+
+// Set implements kv.Tx.
+func (t *Tx) Set(key, value []byte) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if err := t.check(); err != nil {
+		return err
+	}
+	if err := kv.CheckKey(key); err != nil {
+		return fmt.Errorf("set: %w", err)
+	}
+	if err := kv.CheckValue(value); err != nil {
+		return fmt.Errorf("set %q: %w", truncKey(key), err)
+	}
+	if err := t.grow(len(key) + len(value)); err != nil {
+		return fmt.Errorf("set %q: %w", truncKey(key), err)
+	}
+	t.points.ReplaceOrInsert(write{key: clone(key), value: cloneNonNil(value)})
+	return nil
+}
+
+// Clear implements kv.Tx.
+func (t *Tx) Clear(key []byte) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if err := t.check(); err != nil {
+		return err
+	}
+	if err := kv.CheckKey(key); err != nil {
+		return fmt.Errorf("clear: %w", err)
+	}
+	if err := t.grow(len(key)); err != nil {
+		return fmt.Errorf("clear %q: %w", truncKey(key), err)
+	}
+	t.points.ReplaceOrInsert(write{key: clone(key), tombstone: true})
+	return nil
+}
+
+// ClearRange implements kv.Tx.
+func (t *Tx) ClearRange(r kv.KeyRange) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if err := t.check(); err != nil {
+		return err
+	}
+	if err := kv.CheckRange(r); err != nil {
+		return fmt.Errorf("clear range: %w", err)
+	}
+	if r.Empty() {
+		return nil
+	}
+	if err := t.grow(len(r.Begin) + len(r.End)); err != nil {
+		return fmt.Errorf("clear range %s: %w", r, err)
+	}
+	// Point writes inside r are superseded by the clear.
+	var drop []write
+	t.points.AscendRange(write{key: r.Begin}, write{key: r.End}, func(w write) bool {
+		drop = append(drop, w)
+		return true
+	})
+	for _, w := range drop {
+		t.points.Delete(w)
+	}
+	t.cleared = addRange(t.cleared, kv.KeyRange{Begin: clone(r.Begin), End: clone(r.End)})
+	return nil
+}
+
+// OnCommit implements kv.Tx.
+func (t *Tx) OnCommit(fn func(kv.Version)) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if fn != nil && !t.done {
+		t.hooks = append(t.hooks, fn)
+	}
+}
+
+// addRange adds r to the sorted disjoint set rs, merging overlapping and
+// adjacent ranges.
+func addRange(rs []kv.KeyRange, r kv.KeyRange) []kv.KeyRange {
+	out := make([]kv.KeyRange, 0, len(rs)+1)
+	i := 0
+	for i < len(rs) && bytes.Compare(rs[i].End, r.Begin) < 0 {
+		out = append(out, rs[i])
+		i++
+	}
+	for i < len(rs) && bytes.Compare(rs[i].Begin, r.End) <= 0 {
+		if bytes.Compare(rs[i].Begin, r.Begin) < 0 {
+			r.Begin = rs[i].Begin
+		}
+		if bytes.Compare(rs[i].End, r.End) > 0 {
+			r.End = rs[i].End
+		}
+		i++
+	}
+	out = append(out, r)
+	return append(out, rs[i:]...)
+}
+
+func clone(b []byte) []byte {
+	if b == nil {
+		return nil
+	}
+	return append(make([]byte, 0, len(b)), b...)
+}
+
+// cloneNonNil copies b into a non-nil slice, so a stored empty value is
+// distinguishable from an absent one all the way through.
+func cloneNonNil(b []byte) []byte { return append(make([]byte, 0, len(b)), b...) }
+
+func truncKey(k []byte) []byte {
+	const n = 64
+	if len(k) > n {
+		return k[:n]
+	}
+	return k
+}

@@ -149,8 +149,8 @@ type ExecRequest struct {
 	Command string
 	// Args are the arguments after the program name.
 	Args []string
-	// Env holds "KEY=VALUE" entries; the guest's base environment is
-	// replaced by exactly these.
+	// Env holds "KEY=VALUE" entries added to (and overriding) the guest
+	// agent's base environment.
 	Env []string
 	// Dir is the working directory, absolute; "" means "/".
 	Dir string

@@ -24,7 +24,7 @@ type Client struct {
 	session uint64
 	nextID  atomic.Uint64
 	sem     chan struct{}
-	out     chan []byte // frames for the writer goroutine
+	out     chan [][]byte // frame payloads, in parts, for the writer goroutine
 	done    chan struct{}
 
 	mu       sync.Mutex
@@ -49,7 +49,7 @@ func NewClient(conn io.ReadWriteCloser) *Client {
 		conn:    conn,
 		session: session,
 		sem:     make(chan struct{}, MaxConcurrentRequests),
-		out:     make(chan []byte, MaxConcurrentRequests),
+		out:     make(chan [][]byte, MaxConcurrentRequests),
 		done:    make(chan struct{}),
 		pending: map[uint64]chan *envelope{},
 	}
@@ -161,8 +161,8 @@ func (c *Client) writeLoop() {
 		select {
 		case <-c.done:
 			return
-		case frame := <-c.out:
-			if _, err := c.conn.Write(frame); err != nil {
+		case parts := <-c.out:
+			if err := writeFrame(c.conn, MaxFrameBytes, parts...); err != nil {
 				c.fail(fmt.Errorf("%w: write: %v", ErrClosed, err))
 				return
 			}
@@ -171,9 +171,9 @@ func (c *Client) writeLoop() {
 }
 
 // send queues one frame for the writer.
-func (c *Client) send(ctx context.Context, frame []byte) error {
+func (c *Client) send(ctx context.Context, parts [][]byte) error {
 	select {
-	case c.out <- frame:
+	case c.out <- parts:
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
@@ -198,13 +198,12 @@ func (c *Client) call(ctx context.Context, kind string, req, resp any) error {
 		return fmt.Errorf("guest %s: encoding request: %w", kind, err)
 	}
 	id := c.nextID.Add(1)
-	payload, err := json.Marshal(&envelope{Session: c.session, ID: id, Kind: kind, Body: body})
+	parts, err := encodeEnvelope(&envelope{Session: c.session, ID: id, Kind: kind}, body)
 	if err != nil {
 		return fmt.Errorf("guest %s: encoding request: %w", kind, err)
 	}
-	frame, err := appendFrame(nil, payload, MaxFrameBytes)
-	if err != nil {
-		return fmt.Errorf("guest %s: %w", kind, err)
+	if n := frameLen(parts); n > MaxFrameBytes {
+		return fmt.Errorf("guest %s: %w: request of %d bytes, limit %d", kind, ErrFrameTooLarge, n, MaxFrameBytes)
 	}
 	ch := make(chan *envelope, 1)
 	c.mu.Lock()
@@ -219,7 +218,7 @@ func (c *Client) call(ctx context.Context, kind string, req, resp any) error {
 		delete(c.pending, id)
 		c.mu.Unlock()
 	}()
-	if err := c.send(ctx, frame); err != nil {
+	if err := c.send(ctx, parts); err != nil {
 		return fmt.Errorf("guest %s: %w", kind, err)
 	}
 	var env *envelope
@@ -248,16 +247,12 @@ func (c *Client) call(ctx context.Context, kind string, req, resp any) error {
 // cancelRemote tells the guest to abandon request id, without waiting.
 func (c *Client) cancelRemote(id uint64) {
 	body, _ := json.Marshal(&CancelRequest{ID: id})
-	payload, err := json.Marshal(&envelope{Session: c.session, ID: c.nextID.Add(1), Kind: KindCancel, Body: body})
-	if err != nil {
-		return
-	}
-	frame, err := appendFrame(nil, payload, MaxFrameBytes)
+	parts, err := encodeEnvelope(&envelope{Session: c.session, ID: c.nextID.Add(1), Kind: KindCancel}, body)
 	if err != nil {
 		return
 	}
 	select {
-	case c.out <- frame:
+	case c.out <- parts:
 	default:
 		// The writer is backed up; the guest's own timeout will end the
 		// request instead.

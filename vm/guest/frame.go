@@ -7,15 +7,22 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"net"
 )
 
-// Frame layout: magic, payload length, payload checksum, payload.
+// Frame layout: magic, payload length, payload checksum, header checksum
+// (over the twelve bytes before it), payload. The header has its own
+// checksum so that a corrupted length is caught at once instead of making
+// the reader wait for megabytes that will never come.
 const (
-	frameHeaderBytes = 12
+	frameHeaderBytes = 16
 	// MaxFrameBytes bounds one frame's payload. It is sized for the largest
-	// legitimate message, a file of MaxFileBytes or an exec result with
-	// MaxExecOutputBytes on each stream, base64-encoded inside JSON.
-	MaxFrameBytes = 4 << 20
+	// legitimate message, an exec result with MaxExecOutputBytes on each
+	// stream, base64-encoded inside JSON (4/3 of 32 MiB, plus room).
+	MaxFrameBytes = 48 << 20
+	// frameBufKeepBytes is the reader buffer kept between frames; a larger
+	// one, grown for a big frame, is released once that frame is consumed.
+	frameBufKeepBytes = 256 << 10
 	// frameReadChunk is how much the reader asks the stream for at a time.
 	frameReadChunk = 32 << 10
 )
@@ -32,7 +39,8 @@ var ErrFrameTooLarge = errors.New("guest: frame too large")
 // FrameError is a recoverable problem in the incoming byte stream. The reader
 // has already skipped past it; the next ReadFrame continues with the stream.
 type FrameError struct {
-	// Kind is "garbage", "oversized" or "checksum".
+	// Kind is "garbage", "header" (corrupted header), "oversized" or
+	// "checksum" (corrupted payload).
 	Kind string
 	// Bytes is how many bytes were skipped (garbage) or the length the
 	// frame header announced (oversized, checksum).
@@ -47,6 +55,8 @@ func (e *FrameError) Error() string {
 		return fmt.Sprintf("guest: skipped %d bytes that were not a frame", e.Bytes)
 	case "oversized":
 		return fmt.Sprintf("guest: frame announces %d bytes, over the %d-byte limit", e.Bytes, e.Limit)
+	case "header":
+		return "guest: frame header failed its checksum"
 	default:
 		return fmt.Sprintf("guest: frame of %d bytes failed its checksum", e.Bytes)
 	}
@@ -60,17 +70,41 @@ func (e *FrameError) Unwrap() error {
 	return nil
 }
 
+// frameHeader returns the header for a payload made of parts.
+func frameHeader(parts ...[]byte) (h [frameHeaderBytes]byte, n int) {
+	var crc uint32
+	for _, p := range parts {
+		n += len(p)
+		crc = crc32.Update(crc, crcTable, p)
+	}
+	copy(h[:4], frameMagic[:])
+	binary.BigEndian.PutUint32(h[4:8], uint32(n))
+	binary.BigEndian.PutUint32(h[8:12], crc)
+	binary.BigEndian.PutUint32(h[12:16], crc32.Checksum(h[:12], crcTable))
+	return h, n
+}
+
 // appendFrame encodes payload as one frame appended to dst.
 func appendFrame(dst, payload []byte, limit int) ([]byte, error) {
 	if len(payload) > limit {
 		return dst, fmt.Errorf("%w: payload of %d bytes, limit %d", ErrFrameTooLarge, len(payload), limit)
 	}
-	var h [frameHeaderBytes]byte
-	copy(h[:4], frameMagic[:])
-	binary.BigEndian.PutUint32(h[4:8], uint32(len(payload)))
-	binary.BigEndian.PutUint32(h[8:12], crc32.Checksum(payload, crcTable))
+	h, _ := frameHeader(payload)
 	dst = append(dst, h[:]...)
 	return append(dst, payload...), nil
+}
+
+// writeFrame writes one frame whose payload is the concatenation of parts,
+// without copying them into one buffer (exec results and files are large).
+// The caller serialises writers.
+func writeFrame(w io.Writer, limit int, parts ...[]byte) error {
+	h, n := frameHeader(parts...)
+	if n > limit {
+		return fmt.Errorf("%w: payload of %d bytes, limit %d", ErrFrameTooLarge, n, limit)
+	}
+	bufs := net.Buffers(append([][]byte{h[:]}, parts...))
+	_, err := bufs.WriteTo(w)
+	return err
 }
 
 // FrameReader splits a byte stream into frame payloads, resynchronising on
@@ -93,10 +127,15 @@ func NewFrameReader(r io.Reader, limit int) *FrameReader {
 	return &FrameReader{r: r, limit: limit, buf: make([]byte, frameReadChunk)}
 }
 
-// ReadFrame returns the next frame's payload. A *FrameError reports a bad
-// stretch of the stream that has been skipped (call ReadFrame again); any
-// other error comes from the underlying reader and is final.
+// ReadFrame returns the next frame's payload, valid until the next call
+// (large payloads are not copied). A *FrameError reports a bad stretch of
+// the stream that has been skipped (call ReadFrame again); any other error
+// comes from the underlying reader and is final.
 func (fr *FrameReader) ReadFrame() ([]byte, error) {
+	if fr.start == fr.end && len(fr.buf) > frameBufKeepBytes {
+		fr.buf = make([]byte, frameReadChunk)
+		fr.start, fr.end = 0, 0
+	}
 	for {
 		data := fr.buf[fr.start:fr.end]
 		i := bytes.Index(data, frameMagic[:])
@@ -126,6 +165,10 @@ func (fr *FrameReader) ReadFrame() ([]byte, error) {
 			continue
 		}
 		h := fr.buf[fr.start : fr.start+frameHeaderBytes]
+		if crc32.Checksum(h[:12], crcTable) != binary.BigEndian.Uint32(h[12:16]) {
+			fr.start++
+			return nil, &FrameError{Kind: "header"}
+		}
 		n := binary.BigEndian.Uint32(h[4:8])
 		if uint64(n) > uint64(fr.limit) {
 			// Skip the magic only: the announced length cannot be trusted,
@@ -145,9 +188,8 @@ func (fr *FrameReader) ReadFrame() ([]byte, error) {
 			fr.start++
 			return nil, &FrameError{Kind: "checksum", Bytes: int(n)}
 		}
-		out := bytes.Clone(payload)
 		fr.start += total
-		return out, nil
+		return payload, nil
 	}
 }
 

@@ -3,9 +3,11 @@ package guest
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"io/fs"
 	"net"
@@ -208,13 +210,13 @@ func TestClientRejectsBadRequestsLocally(t *testing.T) {
 	}{
 		{"empty argv", func() error { _, err := c.Exec(ctx, &ExecRequest{}); return err }(), "argv is empty"},
 		{"relative path", func() error { _, err := c.ReadFile(ctx, "etc/passwd"); return err }(), "not absolute"},
-		{"big file", c.WriteFile(ctx, &WriteFileRequest{Path: "/x", Data: make([]byte, MaxFileBytes+1)}), "limit 2097152"},
+		{"big file", c.WriteFile(ctx, &WriteFileRequest{Path: "/x", Data: make([]byte, MaxFileBytes+1)}), "limit 16777216"},
 		{"bad env", func() error {
 			_, err := c.Exec(ctx, &ExecRequest{Argv: []string{"echo"}, Env: []string{"NOEQUALS"}})
 			return err
 		}(), "env[0]"},
 		{"timeout", func() error {
-			_, err := c.Exec(ctx, &ExecRequest{Argv: []string{"echo"}, Timeout: time.Hour})
+			_, err := c.Exec(ctx, &ExecRequest{Argv: []string{"echo"}, Timeout: 2 * time.Hour})
 			return err
 		}(), "outside"},
 	}
@@ -226,7 +228,7 @@ func TestClientRejectsBadRequestsLocally(t *testing.T) {
 	// A request that passes validation but does not fit in a frame.
 	env := make([]string, 3000)
 	for i := range env {
-		env[i] = fmt.Sprintf("K%d=%s", i, strings.Repeat("v", 2000))
+		env[i] = fmt.Sprintf("K%d=%s", i, strings.Repeat("v", 20000))
 	}
 	_, err := c.Exec(ctx, &ExecRequest{Argv: []string{"echo"}, Env: env})
 	if !errors.Is(err, ErrFrameTooLarge) {
@@ -428,11 +430,20 @@ func TestServerSurvivesBadFrames(t *testing.T) {
 		t.Fatalf("corrupt frame answer: %+v", e)
 	}
 
+	// A frame whose header is corrupted is reported at once.
+	bad = p.request(9, 3, KindPing, struct{}{})
+	bad[5] ^= 0x10
+	p.write(bad)
+	if e := p.next(); e.ID != 0 || e.Code != CodeProtocol || !strings.Contains(e.Error, "header failed its checksum") {
+		t.Fatalf("corrupt header answer: %+v", e)
+	}
+
 	// An oversized frame header is reported with the limit.
 	hdr := p.frame(nil)
-	hdr[4], hdr[5], hdr[6], hdr[7] = 0x7f, 0xff, 0xff, 0xff
+	binary.BigEndian.PutUint32(hdr[4:8], 0x7fffffff)
+	binary.BigEndian.PutUint32(hdr[12:16], crc32.Checksum(hdr[:12], crcTable))
 	p.write(hdr)
-	if e := p.next(); e.ID != 0 || !strings.Contains(e.Error, "over the 4194304-byte limit") {
+	if e := p.next(); e.ID != 0 || !strings.Contains(e.Error, "over the 50331648-byte limit") {
 		t.Fatalf("oversized frame answer: %+v", e)
 	}
 
@@ -620,7 +631,7 @@ func TestFrameReaderSplitsAndResyncs(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		got = append(got, b)
+		got = append(got, bytes.Clone(b))
 	}
 	if len(got) != len(want) {
 		t.Fatalf("got %d frames, want %d", len(got), len(want))

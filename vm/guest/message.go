@@ -26,11 +26,13 @@ const (
 	// more are refused with CodeBusy rather than queued without bound.
 	MaxConcurrentRequests = 16
 	// MaxFileBytes bounds the data of one file read or write.
-	MaxFileBytes = 2 << 20
+	MaxFileBytes = 16 << 20
 	// MaxExecOutputBytes bounds what is kept of each of stdout and stderr.
-	MaxExecOutputBytes = 1 << 20
+	MaxExecOutputBytes = 16 << 20
+	// DefaultExecOutputBytes is the per-stream cap when a request sets none.
+	DefaultExecOutputBytes = 1 << 20
 	// MaxExecStdinBytes bounds the stdin given to a command.
-	MaxExecStdinBytes = 1 << 20
+	MaxExecStdinBytes = 8 << 20
 	// MaxExecArgs bounds argv plus env entries of a command.
 	MaxExecArgs = 4096
 	// MaxListEntries bounds the entries returned by one directory listing.
@@ -38,9 +40,9 @@ const (
 	// MaxPathBytes bounds a path in a request.
 	MaxPathBytes = 4096
 	// DefaultExecTimeout applies when a request gives no timeout.
-	DefaultExecTimeout = 60 * time.Second
+	DefaultExecTimeout = 30 * time.Second
 	// MaxExecTimeout is the longest a command may be allowed to run.
-	MaxExecTimeout = 30 * time.Minute
+	MaxExecTimeout = time.Hour
 )
 
 // Request kinds.
@@ -110,7 +112,8 @@ type PingReply struct {
 type ExecRequest struct {
 	// Argv is the program and its arguments; Argv[0] is looked up in PATH.
 	Argv []string `json:"argv"`
-	// Env is extra KEY=VALUE entries on top of the agent's base environment.
+	// Env is the command's whole environment, KEY=VALUE entries. Argv[0]
+	// is looked up in the agent's PATH, not in Env.
 	Env []string `json:"env,omitempty"`
 	// Dir is the working directory; "" means "/".
 	Dir string `json:"dir,omitempty"`
@@ -118,6 +121,9 @@ type ExecRequest struct {
 	Stdin []byte `json:"stdin,omitempty"`
 	// Timeout kills the command after this long; 0 means DefaultExecTimeout.
 	Timeout time.Duration `json:"timeout_nanos,omitempty"`
+	// MaxOutputBytes caps each of stdout and stderr; 0 means
+	// DefaultExecOutputBytes.
+	MaxOutputBytes int `json:"max_output_bytes,omitempty"`
 }
 
 // ExecResult is how a command ended and what it printed.
@@ -278,6 +284,9 @@ func (r *ExecRequest) Validate() error {
 	}
 	if r.Timeout < 0 || r.Timeout > MaxExecTimeout {
 		return badRequest("timeout %v is outside (0, %v]", r.Timeout, MaxExecTimeout)
+	}
+	if r.MaxOutputBytes < 0 || r.MaxOutputBytes > MaxExecOutputBytes {
+		return badRequest("max_output_bytes %d is outside [0, %d]", r.MaxOutputBytes, MaxExecOutputBytes)
 	}
 	return nil
 }

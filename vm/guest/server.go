@@ -254,37 +254,53 @@ func decode(raw json.RawMessage, v validator) error {
 // replaced by an error saying so.
 func (st *serveState) reply(session, id uint64, op string, body any, err error) {
 	env := envelope{Session: session, ID: id, Kind: KindResult}
+	var raw []byte
 	if err != nil {
 		env.Code, env.Error = errorCode(err), errorMessage(err)
 	} else if body != nil {
-		raw, merr := json.Marshal(body)
-		if merr != nil {
+		var merr error
+		if raw, merr = json.Marshal(body); merr != nil {
 			env.Code, env.Error = CodeInternal, fmt.Sprintf("encoding %s result: %v", op, merr)
-		} else {
-			env.Body = raw
+			raw = nil
 		}
 	}
-	payload, merr := json.Marshal(&env)
-	if merr == nil && len(payload) > MaxFrameBytes {
-		merr = fmt.Errorf("%s result is %d bytes, over the %d-byte frame limit", op, len(payload), MaxFrameBytes)
-		env = envelope{Session: session, ID: id, Kind: KindResult, Code: CodeTooLarge, Error: merr.Error()}
-		payload, merr = json.Marshal(&env)
+	parts, perr := encodeEnvelope(&env, raw)
+	if perr == nil && frameLen(parts) > MaxFrameBytes {
+		msg := fmt.Sprintf("%s result is %d bytes, over the %d-byte frame limit", op, frameLen(parts), MaxFrameBytes)
+		parts, perr = encodeEnvelope(&envelope{Session: session, ID: id, Kind: KindResult, Code: CodeTooLarge, Error: msg}, nil)
 	}
-	if merr != nil {
-		st.s.logf("guest: cannot encode response %d: %v", id, merr)
-		return
-	}
-	frame, ferr := appendFrame(nil, payload, MaxFrameBytes)
-	if ferr != nil {
-		st.s.logf("guest: %v", ferr)
+	if perr != nil {
+		st.s.logf("guest: cannot encode response %d: %v", id, perr)
 		return
 	}
 	st.wmu.Lock()
-	_, werr := st.w.Write(frame)
+	werr := writeFrame(st.w, MaxFrameBytes, parts...)
 	st.wmu.Unlock()
 	if werr != nil {
 		st.s.logf("guest: writing response %d: %v", id, werr)
 	}
+}
+
+// encodeEnvelope returns env as JSON with body spliced in as its "body"
+// field, in parts, so that a large body is not copied.
+func encodeEnvelope(env *envelope, body []byte) ([][]byte, error) {
+	env.Body = nil
+	head, err := json.Marshal(env)
+	if err != nil {
+		return nil, err
+	}
+	if len(body) == 0 {
+		return [][]byte{head}, nil
+	}
+	return [][]byte{head[:len(head)-1], []byte(`,"body":`), body, []byte("}")}, nil
+}
+
+func frameLen(parts [][]byte) int {
+	n := 0
+	for _, p := range parts {
+		n += len(p)
+	}
+	return n
 }
 
 func errorCode(err error) string {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"runtime"
 	"sort"
 	"strconv"
 	"sync"
@@ -280,6 +281,9 @@ func applyLin(db kv.DB, in linOp) (linOut, error) {
 				return e
 			}
 			out.V = n + 1
+			// Yield between read and write so other clients' transactions
+			// interleave with this one even on a fast backend.
+			runtime.Gosched()
 			return writeReg(tx, in.K, n+1)
 		})
 	case 3:
@@ -288,6 +292,7 @@ func applyLin(db kv.DB, in linOp) (linOut, error) {
 			if e != nil {
 				return e
 			}
+			runtime.Gosched()
 			c, e := readReg(tx, in.K2)
 			if e != nil {
 				return e

@@ -1,0 +1,7 @@
+package simpkg
+
+import . "net"
+
+func dotImport() {
+	Dial("tcp", "x:1") // want `net\.Dial opens a real socket`
+}

@@ -490,9 +490,9 @@ func (nw *Network) Dial(ctx context.Context, from *sim.Node, addr string) (*Conn
 	nw.mu.Unlock()
 
 	// The handshake needs both directions: wait out a partition.
-	limit := time.Now().Add(DialTimeout)
+	limit, ctxLimit := time.Now().Add(DialTimeout), false
 	if d, ok := ctx.Deadline(); ok && d.Before(limit) {
-		limit = d
+		limit, ctxLimit = d, true
 	}
 	for {
 		nw.mu.Lock()
@@ -506,8 +506,10 @@ func (nw *Network) Dial(ctx context.Context, from *sim.Node, addr string) (*Conn
 		}
 		if !now.Before(limit) {
 			defer nw.mu.Unlock()
-			if ctx.Err() != nil {
-				return fail(ctx.Err(), "")
+			if ctxLimit {
+				// The context's own timer may not have fired yet at this
+				// instant; its deadline has passed all the same.
+				return fail(context.DeadlineExceeded, "")
 			}
 			return fail(syscall.ETIMEDOUT, "partitioned")
 		}

@@ -1,0 +1,170 @@
+//go:build linux
+
+// Command kelpie-guest is the agent inside a Kelpie microVM. It runs as /init
+// in the initramfs that `kelpie vm image build` produces: it mounts what
+// processes need (/proc, /sys, /dev, /dev/pts, /tmp, /run), reaps orphaned
+// processes as init must, and serves the vm/guest protocol (exec, file
+// read/write/list, ping) on a serial port the host reaches through the
+// hypervisor. It never exits on a bad request; if its channel fails
+// repeatedly it powers the VM off, so the host sees a dead VM rather than a
+// silent one.
+//
+// Outside a VM it serves the same protocol on a unix socket or on
+// stdin/stdout, which is how its tests and a developer drive it:
+//
+//	kelpie-guest -listen /tmp/agent.sock
+//	kelpie-guest -stdio
+//	kelpie-guest -device /dev/ttyS1
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/kelpie-go/kelpie/internal/version"
+	"github.com/kelpie-go/kelpie/vm/guest"
+)
+
+// Defaults for the VM's init.
+const (
+	// defaultPort is the agent's serial port: the second UART, because the
+	// first is the kernel console.
+	defaultPort = "/dev/ttyS1"
+	// cmdlinePortKey selects another port on the kernel command line.
+	cmdlinePortKey = "kelpie.port="
+	// maxPortFailures is how many consecutive times the channel may fail
+	// before init gives up and powers the VM off.
+	maxPortFailures = 10
+	// portRetryDelay spaces the attempts to reopen the channel.
+	portRetryDelay = time.Second
+)
+
+func main() {
+	log.SetFlags(log.Lmicroseconds)
+	log.SetPrefix("kelpie-guest: ")
+	if os.Getpid() == 1 {
+		runInit()
+		return // unreachable: runInit powers off instead of returning
+	}
+	os.Exit(runCommand(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+}
+
+// runCommand is the agent run by hand or by a test, not as init.
+func runCommand(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	fl := flag.NewFlagSet("kelpie-guest", flag.ContinueOnError)
+	fl.SetOutput(stderr)
+	listen := fl.String("listen", "", "serve on this unix socket path")
+	device := fl.String("device", "", "serve on this serial device (set to raw mode)")
+	stdio := fl.Bool("stdio", false, "serve on stdin and stdout")
+	showVersion := fl.Bool("version", false, "print the version and exit")
+	if err := fl.Parse(args); err != nil {
+		return 2
+	}
+	if *showVersion {
+		fmt.Fprintf(stdout, "kelpie-guest %s protocol %d..%d\n", version.String(), guest.MinProtocolVersion, guest.MaxProtocolVersion)
+		return 0
+	}
+	modes := 0
+	for _, set := range []bool{*listen != "", *device != "", *stdio} {
+		if set {
+			modes++
+		}
+	}
+	if modes != 1 {
+		fmt.Fprintln(stderr, "kelpie-guest: give exactly one of -listen PATH, -device PATH or -stdio")
+		return 2
+	}
+	h := newHandler(false)
+	srv := &guest.Server{Handler: h, Logf: log.Printf}
+	ctx := context.Background()
+	switch {
+	case *stdio:
+		err := srv.Serve(ctx, struct {
+			io.Reader
+			io.Writer
+		}{stdin, stdout})
+		if errors.Is(err, io.EOF) {
+			return 0
+		}
+		fmt.Fprintf(stderr, "kelpie-guest: %v\n", err)
+		return 1
+	case *device != "":
+		f, err := openSerial(*device)
+		if err != nil {
+			fmt.Fprintf(stderr, "kelpie-guest: %v\n", err)
+			return 1
+		}
+		err = srv.Serve(ctx, f)
+		fmt.Fprintf(stderr, "kelpie-guest: %s: %v\n", *device, err)
+		return 1
+	default:
+		ln, err := net.Listen("unix", *listen)
+		if err != nil {
+			fmt.Fprintf(stderr, "kelpie-guest: %v\n", err)
+			return 1
+		}
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				fmt.Fprintf(stderr, "kelpie-guest: %v\n", err)
+				return 1
+			}
+			go func() {
+				defer c.Close()
+				srv.Serve(ctx, c)
+			}()
+		}
+	}
+}
+
+// runInit is the agent as the VM's init process.
+func runInit() {
+	setupInit()
+	port := portFromCmdline()
+	h := newHandler(true)
+	srv := &guest.Server{Handler: h, Logf: log.Printf}
+	failures := 0
+	for failures < maxPortFailures {
+		f, err := openSerial(port)
+		if err != nil {
+			failures++
+			log.Printf("opening %s (attempt %d of %d): %v", port, failures, maxPortFailures, err)
+			time.Sleep(portRetryDelay)
+			continue
+		}
+		log.Printf("serving protocol %d..%d on %s", guest.MinProtocolVersion, guest.MaxProtocolVersion, port)
+		start := time.Now()
+		err = srv.Serve(context.Background(), f)
+		f.Close()
+		if time.Since(start) > time.Minute {
+			failures = 0 // a channel that worked for a while is not failing
+		}
+		failures++
+		log.Printf("%s: %v (failure %d of %d)", port, err, failures, maxPortFailures)
+		time.Sleep(portRetryDelay)
+	}
+	log.Printf("giving up on %s after %d failures; powering off", port, maxPortFailures)
+	powerOff()
+}
+
+// portFromCmdline reads kelpie.port=PATH from the kernel command line.
+func portFromCmdline() string {
+	b, err := os.ReadFile("/proc/cmdline")
+	if err != nil {
+		return defaultPort
+	}
+	for _, f := range strings.Fields(string(b)) {
+		if v, ok := strings.CutPrefix(f, cmdlinePortKey); ok && strings.HasPrefix(v, "/dev/") {
+			return v
+		}
+	}
+	return defaultPort
+}

@@ -1,0 +1,399 @@
+package actor
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/kelpie-go/kelpie/actor/placement"
+	"github.com/kelpie-go/kelpie/kv"
+)
+
+// A request's life: queued in a mailbox, then either started by the actor's
+// goroutine or abandoned by its caller, whichever happens first.
+const (
+	reqQueued int32 = iota
+	reqStarted
+	reqAbandoned
+)
+
+type request struct {
+	ctx      context.Context
+	method   string
+	payload  []byte
+	deadline time.Time
+	state    atomic.Int32
+	reply    chan result // buffered: the actor never blocks on a caller
+}
+
+type result struct {
+	out []byte
+	err error
+}
+
+// activation is one active actor. Its goroutine (run) owns the fields below
+// the line; the others are guarded by mu, which callers of Invoke take to
+// enqueue, so that an activation that decided to close never receives
+// another request.
+type activation struct {
+	rt      *Runtime
+	id      ID
+	factory Factory
+	keys    keys
+	mailbox chan *request
+	stop    chan struct{} // closed by whoever sets closing from outside the goroutine
+	done    chan struct{} // closed when the goroutine has left the runtime's map
+
+	mu       sync.Mutex
+	closing  bool
+	reason   string
+	pending  int   // requests enqueued and not yet finished
+	ready    bool  // loaded
+	lastUsed int64 // unix nanoseconds of the last finished turn
+	epoch    uint64
+	seq      uint64
+
+	// owned by the goroutine
+	lease placement.Lease
+	actor Actor
+	state []byte // last committed state
+	m     meta   // this activation's epoch and the last commit sequence it saw
+}
+
+// turnError marks an error that aborted a turn before its commit: such a
+// turn certainly had no effect.
+type turnError struct{ err error }
+
+func (e *turnError) Error() string { return e.err.Error() }
+func (e *turnError) Unwrap() error { return e.err }
+
+func (a *activation) run() {
+	r := a.rt
+	defer r.wg.Done()
+	if err := a.load(); err != nil {
+		r.record("activate %s failed: %v", a.id, err)
+		a.closeSelf("activation failed")
+		a.drain(err)
+		a.exit(false)
+		return
+	}
+	now := time.Now().UnixNano()
+	a.mu.Lock()
+	a.ready, a.epoch, a.seq, a.lastUsed = true, a.m.epoch, a.m.seq, now
+	a.mu.Unlock()
+	r.record("activate %s epoch %d seq %d", a.id, a.m.epoch, a.m.seq)
+	if r.cfg.Observer != nil {
+		r.cfg.Observer.Activated(a.id, a.m.epoch, a.m.seq)
+	}
+
+	idle := time.NewTimer(r.cfg.IdleTimeout)
+	defer idle.Stop()
+	for {
+		select {
+		case req := <-a.mailbox:
+			if drop := a.turn(req); drop != nil {
+				a.closeSelf(drop.Error())
+				a.drain(fmt.Errorf("actor %s: the activation was dropped before this invocation ran (%w); it did not run", a.id, drop))
+				a.exit(true)
+				return
+			}
+		case <-a.stop:
+			a.drain(fmt.Errorf("actor %s: %w: the activation is shutting down; the invocation did not run", a.id, ErrClosed))
+			a.exit(true)
+			return
+		case <-idle.C:
+			if left, closed := a.idleClose(); closed {
+				a.drain(fmt.Errorf("actor %s: %w: the activation is shutting down; the invocation did not run", a.id, ErrClosed))
+				a.exit(true)
+				return
+			} else {
+				idle.Reset(left)
+			}
+		}
+	}
+}
+
+// load acquires the lease and loads the committed state.
+func (a *activation) load() error {
+	r := a.rt
+	ctx, cancel := context.WithTimeout(r.ctx, ActivationTimeout)
+	defer cancel()
+	lease, err := r.cfg.Placement.Acquire(ctx, a.id.String())
+	if err != nil {
+		return fmt.Errorf("actor %s: %w: lease: %w", a.id, ErrActivation, err)
+	}
+	var state []byte
+	var stored meta
+	err = r.cfg.DB.ReadTransact(ctx, func(tx kv.ReadTx) error {
+		mv, mok, err := tx.Get(a.keys.meta)
+		if err != nil {
+			return fmt.Errorf("read meta: %w", err)
+		}
+		sv, sok, err := tx.Get(a.keys.state)
+		if err != nil {
+			return fmt.Errorf("read state: %w", err)
+		}
+		stored = meta{}
+		if mok {
+			if stored, err = decodeMeta(a.id, mv); err != nil {
+				return err
+			}
+		}
+		if err := checkLoad(a.id, lease.Epoch, stored, mok, sok); err != nil {
+			return err
+		}
+		state = nil
+		if sok {
+			state = sv
+			if state == nil {
+				state = []byte{} // committed, and empty: not the same as never committed
+			}
+		}
+		return nil
+	})
+	if err == nil {
+		act := a.factory(a.id)
+		if act == nil {
+			err = fmt.Errorf("the factory of %q returned nil", a.id.Namespace)
+		} else if lerr := act.Load(state); lerr != nil {
+			err = fmt.Errorf("state (%d bytes) failed to load: %w", len(state), lerr)
+		} else {
+			a.actor = act
+		}
+	}
+	if err != nil {
+		a.release(lease)
+		return fmt.Errorf("actor %s: %w: %w", a.id, ErrActivation, err)
+	}
+	a.lease, a.state, a.m = lease, state, meta{epoch: lease.Epoch, seq: stored.seq}
+	return nil
+}
+
+// turn runs one request. It returns an error when the activation must end
+// (its lease is lost, it was fenced, or its state is no longer known).
+func (a *activation) turn(req *request) (drop error) {
+	defer func() {
+		now := time.Now().UnixNano()
+		a.mu.Lock()
+		a.pending--
+		a.lastUsed = now
+		a.seq = a.m.seq
+		a.mu.Unlock()
+	}()
+	if !req.state.CompareAndSwap(reqQueued, reqStarted) {
+		return nil // the caller gave up before it started
+	}
+	if !time.Now().Before(req.deadline) {
+		req.reply <- result{err: fmt.Errorf("actor %s: %w: the deadline passed while the invocation waited in the mailbox; it did not run", a.id, ErrTimeout)}
+		return nil
+	}
+	if err := a.rt.cfg.Placement.Check(a.lease); err != nil {
+		err = fmt.Errorf("actor %s: %w: %w; the invocation did not run", a.id, ErrLeaseLost, err)
+		req.reply <- result{err: err}
+		return err
+	}
+	out, err, drop := a.execute(req)
+	req.reply <- result{out: out, err: err}
+	return drop
+}
+
+// execute runs the handler and commits, in one transaction.
+func (a *activation) execute(req *request) (out []byte, err error, drop error) {
+	r := a.rt
+	hctx, cancel := context.WithDeadline(req.ctx, req.deadline)
+	defer cancel()
+	var saved []byte
+	changed := false
+	attempts := 0
+	var version kv.Version
+	err = r.cfg.DB.Transact(r.ctx, func(tx kv.Tx) error {
+		attempts++
+		if attempts > 1 {
+			// A conflict retry: the previous attempt's handler may have
+			// changed the actor in memory.
+			if err := a.rebuild(); err != nil {
+				return &turnError{err}
+			}
+		}
+		mv, ok, err := tx.Get(a.keys.meta)
+		if err != nil {
+			return &turnError{fmt.Errorf("actor %s: read meta: %w", a.id, err)}
+		}
+		var stored meta
+		if ok {
+			if stored, err = decodeMeta(a.id, mv); err != nil {
+				return &turnError{err}
+			}
+		}
+		if err := checkCommit(a.id, a.m, stored, ok); err != nil {
+			return &turnError{err}
+		}
+		call := Call{ctx: hctx, id: a.id, method: req.method, payload: req.payload, tx: tx, keys: &a.keys}
+		o, herr := a.actor.Receive(&call)
+		call.tx = nil
+		if cerr := hctx.Err(); cerr != nil {
+			if errors.Is(cerr, context.DeadlineExceeded) {
+				return &turnError{fmt.Errorf("actor %s: %w: the deadline passed during the handler; rolled back", a.id, ErrTimeout)}
+			}
+			return &turnError{fmt.Errorf("actor %s: %w during the handler; rolled back", a.id, cerr)}
+		}
+		if herr != nil {
+			return &turnError{fmt.Errorf("actor %s: %w: %w", a.id, ErrHandler, herr)}
+		}
+		s, serr := a.actor.Save()
+		if serr != nil {
+			return &turnError{fmt.Errorf("actor %s: %w: save state: %w", a.id, ErrHandler, serr)}
+		}
+		changed = call.wrote || !bytes.Equal(s, a.state)
+		if changed {
+			if s == nil {
+				s = []byte{}
+			}
+			if err := tx.Set(a.keys.state, s); err != nil {
+				return &turnError{fmt.Errorf("actor %s: write state: %w", a.id, err)}
+			}
+			if err := tx.Set(a.keys.meta, a.m.next().encode()); err != nil {
+				return &turnError{fmt.Errorf("actor %s: write meta: %w", a.id, err)}
+			}
+			tx.OnCommit(func(v kv.Version) { version = v })
+		}
+		out, saved = o, s
+		return nil
+	})
+	if err == nil {
+		if changed {
+			a.state = saved
+			a.m = a.m.next()
+			if r.cfg.Observer != nil {
+				r.cfg.Observer.Committed(a.id, a.m.epoch, a.m.seq, version)
+			}
+		}
+		return out, nil, nil
+	}
+	// Roll the in-memory actor back to the last committed state.
+	if rerr := a.rebuild(); rerr != nil {
+		drop = fmt.Errorf("actor %s: rebuild after a failed invocation: %w", a.id, rerr)
+	}
+	var te *turnError
+	switch {
+	case errors.As(err, &te):
+		if errors.Is(te.err, ErrFenced) {
+			drop = te.err
+		}
+		return nil, te.err, drop
+	case errors.Is(err, kv.ErrCommitFailed), errors.Is(err, kv.ErrRetryLimit):
+		// Nothing was applied; memory matches the store again.
+		return nil, fmt.Errorf("actor %s: commit: %w; rolled back", a.id, err), drop
+	default:
+		// The commit may or may not have been applied, so this activation
+		// no longer knows its state: drop it; the next one reloads.
+		err = fmt.Errorf("actor %s: %w: commit: %w", a.id, ErrOutcomeUnknown, err)
+		return nil, err, err
+	}
+}
+
+// rebuild replaces the in-memory actor with a fresh one loaded from the last
+// committed state.
+func (a *activation) rebuild() error {
+	act := a.factory(a.id)
+	if act == nil {
+		return fmt.Errorf("the factory of %q returned nil", a.id.Namespace)
+	}
+	if err := act.Load(a.state); err != nil {
+		return fmt.Errorf("reload committed state (%d bytes): %w", len(a.state), err)
+	}
+	a.actor = act
+	return nil
+}
+
+// closeSelf marks the activation closing from its own goroutine.
+func (a *activation) closeSelf(reason string) {
+	r := a.rt
+	r.mu.Lock()
+	a.mu.Lock()
+	if !a.closing {
+		a.closing = true
+		a.reason = reason
+		r.live--
+	}
+	a.mu.Unlock()
+	r.mu.Unlock()
+}
+
+// idleClose closes the activation if it has been idle for IdleTimeout, or
+// returns how long until it might be.
+func (a *activation) idleClose() (time.Duration, bool) {
+	r := a.rt
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.closing {
+		return 0, true
+	}
+	idleFor := time.Duration(time.Now().UnixNano() - a.lastUsed)
+	if a.pending > 0 || idleFor < r.cfg.IdleTimeout {
+		left := r.cfg.IdleTimeout - idleFor
+		if left <= 0 {
+			left = r.cfg.IdleTimeout
+		}
+		return left, false
+	}
+	a.closing = true
+	a.reason = "idle"
+	r.live--
+	return 0, true
+}
+
+// drain fails every request still in the mailbox with err. The activation
+// is closing, so no more arrive.
+func (a *activation) drain(err error) {
+	for {
+		select {
+		case req := <-a.mailbox:
+			if req.state.CompareAndSwap(reqQueued, reqStarted) {
+				req.reply <- result{err: err}
+			}
+			a.mu.Lock()
+			a.pending--
+			a.mu.Unlock()
+		default:
+			return
+		}
+	}
+}
+
+func (a *activation) release(l placement.Lease) {
+	ctx, cancel := context.WithTimeout(context.Background(), ReleaseTimeout)
+	defer cancel()
+	if err := a.rt.cfg.Placement.Release(ctx, l); err != nil {
+		// The lease lapses on its own; fencing covers the time until then.
+		a.rt.record("release %s: %v", l, err)
+	}
+}
+
+// exit ends the activation: it gives the lease back and leaves the map, after
+// which Invoke may start a successor.
+func (a *activation) exit(loaded bool) {
+	r := a.rt
+	a.mu.Lock()
+	reason := a.reason
+	a.mu.Unlock()
+	if loaded {
+		a.release(a.lease)
+		r.record("deactivate %s epoch %d: %s", a.id, a.m.epoch, reason)
+		if r.cfg.Observer != nil {
+			r.cfg.Observer.Deactivated(a.id, a.m.epoch, reason)
+		}
+	}
+	r.mu.Lock()
+	if r.acts[a.id] == a {
+		delete(r.acts, a.id)
+	}
+	r.mu.Unlock()
+	close(a.done)
+}

@@ -1,0 +1,80 @@
+package actor
+
+import (
+	"encoding/binary"
+	"fmt"
+
+	"github.com/kelpie-go/kelpie/kv"
+)
+
+// meta is what the store keeps next to an actor's state: the epoch of the
+// activation that last committed, and how many state commits there have
+// been. It is read inside every invocation's transaction, which puts it in
+// the transaction's conflict set: that is the fence.
+type meta struct {
+	epoch uint64
+	seq   uint64
+}
+
+const metaBytes = 16
+
+func (m meta) encode() []byte {
+	b := make([]byte, metaBytes)
+	binary.BigEndian.PutUint64(b[0:8], m.epoch)
+	binary.BigEndian.PutUint64(b[8:16], m.seq)
+	return b
+}
+
+func decodeMeta(id ID, b []byte) (meta, error) {
+	if len(b) != metaBytes {
+		return meta{}, fmt.Errorf("actor %s: meta is %d bytes, want %d: %w", id, len(b), metaBytes, kv.ErrCorrupt)
+	}
+	return meta{epoch: binary.BigEndian.Uint64(b[0:8]), seq: binary.BigEndian.Uint64(b[8:16])}, nil
+}
+
+// The fencing protocol. These functions do no I/O: the runtime reads the
+// stored meta inside a transaction and asks them what to do.
+//
+// An activation with lease epoch E loads the state and the meta (epoch F,
+// sequence S). It may run only if F <= E: a larger stored epoch means a newer
+// activation has committed and this lease is stale. Each later commit reads
+// the meta again, in the commit's transaction, and is allowed only if the
+// stored epoch is still <= E and the stored sequence is still the one this
+// activation last saw (no other activation committed in between: its
+// in-memory state is current). A commit that changes anything writes
+// (E, S+1). So once an activation with epoch E has committed, every
+// activation with an older epoch is fenced off for good, and an activation
+// that missed another's commit fails instead of overwriting it.
+
+// checkLoad decides whether an activation with epoch may use the state it
+// loaded. statePresent and metaPresent say which of the two keys exist.
+func checkLoad(id ID, epoch uint64, stored meta, metaPresent, statePresent bool) error {
+	if metaPresent != statePresent {
+		return fmt.Errorf("actor %s: state present=%v but meta present=%v: %w", id, statePresent, metaPresent, kv.ErrCorrupt)
+	}
+	if metaPresent && stored.epoch > epoch {
+		return &FencedError{ID: id, Epoch: epoch, StoredEpoch: stored.epoch, Seq: stored.seq}
+	}
+	return nil
+}
+
+// checkCommit decides whether the activation at (epoch, seq) may commit over
+// the stored meta. A never-committed actor has no meta and seq 0.
+func checkCommit(id ID, mine meta, stored meta, present bool) error {
+	if !present {
+		if mine.seq != 0 {
+			return fmt.Errorf("actor %s: meta vanished after commit %d: %w", id, mine.seq, kv.ErrCorrupt)
+		}
+		return nil
+	}
+	if stored.epoch > mine.epoch {
+		return &FencedError{ID: id, Epoch: mine.epoch, StoredEpoch: stored.epoch, Seq: stored.seq}
+	}
+	if stored.seq != mine.seq {
+		return &FencedError{ID: id, Epoch: mine.epoch, StoredEpoch: stored.epoch, Seq: stored.seq, MySeq: mine.seq, Stale: true}
+	}
+	return nil
+}
+
+// next is the meta a state-changing commit by mine writes.
+func (m meta) next() meta { return meta{epoch: m.epoch, seq: m.seq + 1} }

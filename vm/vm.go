@@ -23,7 +23,8 @@
 // snapshot. The snapshot blob (package vm/snapshot) is decoded and its
 // metadata checked against the backend and host before anything is loaded;
 // an incompatible blob is refused with an error matching
-// snapshot.ErrIncompatible and the VM stays created. Once loading starts, a
+// snapshot.ErrIncompatible (a corrupt one with snapshot.ErrCorrupt, an
+// oversized one with snapshot.ErrTooLarge) and the VM stays created. Once loading starts, a
 // failure leaves the VM failed. On success the VM is paused, holding exactly
 // the guest state of the moment the snapshot was taken (memory, files,
 // running processes); the caller calls Resume to run it.
@@ -112,6 +113,12 @@ var (
 	// ErrBackendUnavailable is returned when a backend cannot run on this
 	// host (no hypervisor binary, no /dev/kvm).
 	ErrBackendUnavailable = errors.New("VM backend not available on this host")
+	// ErrSnapshotFailed is returned when the hypervisor fails to write a
+	// snapshot; the VM stays paused.
+	ErrSnapshotFailed = errors.New("VM snapshot failed")
+	// ErrRestoreFailed is returned when loading a valid, compatible
+	// snapshot fails; the VM is failed.
+	ErrRestoreFailed = errors.New("VM restore failed")
 	// ErrNotFound is returned by ReadFile for a missing guest file.
 	ErrNotFound = errors.New("guest file not found")
 )
@@ -149,8 +156,7 @@ type ExecRequest struct {
 	Command string
 	// Args are the arguments after the program name.
 	Args []string
-	// Env holds "KEY=VALUE" entries added to (and overriding) the guest
-	// agent's base environment.
+	// Env holds "KEY=VALUE" entries: the command's whole environment.
 	Env []string
 	// Dir is the working directory, absolute; "" means "/".
 	Dir string

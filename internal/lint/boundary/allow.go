@@ -70,16 +70,11 @@ func Match(pattern, path string) bool {
 	return rel == pattern
 }
 
-// relative strips Module from an import path. Test variants are folded into
-// their package: "p_test" (external test package), "p [p.test]" (how go vet
-// names a package compiled with its tests) and "p.test" (the test main) all
-// answer as p.
+// relative strips Module from an import path. An external test package
+// ("p_test") answers as p; a package compiled with its internal tests
+// already has p's path.
 func relative(path string) (string, bool) {
-	if i := strings.Index(path, " ["); i >= 0 {
-		path = path[:i]
-	}
 	path = strings.TrimSuffix(path, "_test")
-	path = strings.TrimSuffix(path, ".test")
 	if path == Module {
 		return "", true
 	}

@@ -40,8 +40,6 @@ func TestMatch(t *testing.T) {
 		{"vm/qemu", Module + "/vm/qemu/qmp", false},
 		{"vm/qemu", Module + "/vm/qemux", false},
 		{"vm/qemu", Module + "/vm/qemu_test", true},
-		{"vm/qemu", Module + "/vm/qemu [" + Module + "/vm/qemu.test]", true},
-		{"vm/qemu", Module + "/vm/qemu.test", true},
 		{"vm/qemu", Module + "/vm", false},
 		{"internal/lint/...", Module + "/internal/lint/boundary", true},
 		{"internal/lint/...", Module + "/internal/linter", false},

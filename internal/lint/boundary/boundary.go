@@ -34,10 +34,13 @@ var Analyzer = &analysis.Analyzer{
 	Doc: `reject code that escapes Kelpie's deterministic simulation
 
 Rejects real sockets (net.Dial, net.Listen, http.ListenAndServe, ...), the
-default HTTP client and transport, os/exec and os.StartProcess, the syscall
-and golang.org/x/sys packages, and plugin, outside the packages that
+default HTTP client and transport, os/exec and os.StartProcess, functions
+and variables of syscall and golang.org/x/sys/unix (their constants, such as
+errno values, are fine), and plugin, outside the packages that
 internal/lint/boundary/allow.go lists as owning each boundary. Test files
-may use sockets and HTTP clients except inside TestSim* functions.`,
+may use sockets and HTTP clients except inside TestSim* functions.
+
+kelpie-lint -rules, -allowlist and -hostonly print the policy.`,
 	URL: "https://github.com/kelpie-go/kelpie/tree/main/internal/lint/boundary",
 	Run: run,
 }

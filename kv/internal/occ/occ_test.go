@@ -1,0 +1,67 @@
+package occ
+
+import (
+	"errors"
+	"fmt"
+	"testing"
+
+	"github.com/kelpie-go/kelpie/kv"
+)
+
+func kr(b, e string) kv.KeyRange { return kv.KeyRange{Begin: []byte(b), End: []byte(e)} }
+
+func TestConflictLog(t *testing.T) {
+	l := NewConflictLog(10)
+	l.Add(11, []kv.KeyRange{kr("b", "c")})
+	l.Add(12, []kv.KeyRange{kr("x", "y")})
+	for _, c := range []struct {
+		rv    kv.Version
+		reads []kv.KeyRange
+		want  bool
+	}{
+		{10, []kv.KeyRange{kr("a", "b")}, false},    // touches b only at its open end
+		{10, []kv.KeyRange{kr("a", "b\x00")}, true}, // includes b
+		{11, []kv.KeyRange{kr("a", "z")}, true},     // the commit at 12 wrote x
+		{12, []kv.KeyRange{kr("a", "z")}, false},    // read after both
+		{10, []kv.KeyRange{kr("d", "e"), kr("c", "d")}, false},
+		{10, nil, false},
+	} {
+		err := l.Check(c.rv, c.reads)
+		if got := errors.Is(err, kv.ErrConflict); got != c.want {
+			t.Errorf("Check(%d, %v) = %v, want conflict %v", c.rv, c.reads, err, c.want)
+		}
+	}
+	if err := l.Check(9, nil); !errors.Is(err, kv.ErrConflict) {
+		t.Fatalf("a read version before the log's floor = %v, want a conflict", err)
+	}
+}
+
+func TestConflictLogForgetsOldCommits(t *testing.T) {
+	l := NewConflictLog(0)
+	for v := kv.Version(1); v <= ConflictLogCommits+5; v++ {
+		l.Add(v, []kv.KeyRange{kr(fmt.Sprint(v), fmt.Sprint(v)+"\x00")})
+	}
+	if len(l.entries) != ConflictLogCommits {
+		t.Fatalf("log keeps %d commits, want ConflictLogCommits = %d", len(l.entries), ConflictLogCommits)
+	}
+	// Commits 1-5 are forgotten: a transaction that read at 4 cannot be
+	// checked and must conflict, even with an empty read set.
+	if err := l.Check(4, []kv.KeyRange{kr("zzz", "zzzz")}); !errors.Is(err, kv.ErrConflict) {
+		t.Fatalf("too-old read version = %v, want a conflict", err)
+	}
+	if err := l.Check(5, []kv.KeyRange{kr("zzz", "zzzz")}); err != nil {
+		t.Fatalf("read version at the floor = %v, want no conflict", err)
+	}
+}
+
+func TestAddRangeMerges(t *testing.T) {
+	var rs []kv.KeyRange
+	for _, r := range []kv.KeyRange{kr("m", "p"), kr("a", "c"), kr("c", "d"), kr("x", "z"), kr("o", "y")} {
+		rs = addRange(rs, r)
+	}
+	got := fmt.Sprint(rs)
+	want := fmt.Sprint([]kv.KeyRange{kr("a", "d"), kr("m", "z")})
+	if got != want {
+		t.Fatalf("merged ranges %s, want %s", got, want)
+	}
+}

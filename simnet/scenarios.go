@@ -26,21 +26,21 @@ var Scenarios = []sim.Scenario{
 		Name: "simnet-ping",
 		Doc:  "3 nodes exchange HTTP messages over seeded latency; every message is delivered exactly once, intact",
 		Run: func(s *sim.Simulation) error {
-			return runMail(s, mailConfig{nodes: 3, perPair: 8})
+			return runMail(s, mailConfig{nodes: 3, perPair: 8, gap: 20 * time.Millisecond})
 		},
 	},
 	{
 		Name: "simnet-partition",
 		Doc:  "4 nodes exchange HTTP messages through symmetric and one-way partitions and heals; acknowledged messages are never lost or duplicated",
 		Run: func(s *sim.Simulation) error {
-			return runMail(s, mailConfig{nodes: 4, perPair: 12, chaos: partitionChaos})
+			return runMail(s, mailConfig{nodes: 4, perPair: 12, gap: 400 * time.Millisecond, chaos: partitionChaos})
 		},
 	},
 	{
 		Name: "simnet-chaos",
 		Doc:  "5 nodes exchange HTTP messages under resets, stalls, latency spikes, refused dials, injected partitions and node kills; exactly-once delivery holds and all converge",
 		Run: func(s *sim.Simulation) error {
-			return runMail(s, mailConfig{nodes: 5, perPair: 10, faults: chaosFaults, chaos: killChaos})
+			return runMail(s, mailConfig{nodes: 5, perPair: 10, gap: 500 * time.Millisecond, faults: chaosFaults, chaos: killChaos})
 		},
 	},
 }
@@ -60,7 +60,8 @@ const (
 
 type mailConfig struct {
 	nodes   int
-	perPair int // messages each node sends each other node
+	perPair int           // messages each node sends each other node
+	gap     time.Duration // a sender waits up to this (drawn) before each message, to spread them over the faults
 	// faults, if set, returns the faults to inject; they end at mailChaosFor.
 	faults func() []sim.Fault
 	// chaos, if set, runs while the messages flow and returns by
@@ -258,11 +259,15 @@ func (m *mail) boot(n *sim.Node) error {
 func (m *mail) sendAll(ctx context.Context, n *sim.Node, peer string, client *http.Client) {
 	ob := m.outbox(n)
 	backoff := n.Rand("mail/backoff/" + peer)
+	gap := n.Rand("mail/gap/" + peer)
 	for {
 		ob.mu.Lock()
 		seq := ob.acked[peer] + 1
 		ob.mu.Unlock()
 		if seq > m.cfg.perPair {
+			return
+		}
+		if !sleepCtx(ctx, gap.Duration(0, m.cfg.gap)) {
 			return
 		}
 		for attempt := 1; ; attempt++ {
@@ -281,14 +286,23 @@ func (m *mail) sendAll(ctx context.Context, n *sim.Node, peer string, client *ht
 				n.Record("mail acked %s#%d", peer, seq)
 				break
 			}
-			t := time.NewTimer(backoff.Duration(mailRetryMin, mailRetryMax))
-			select {
-			case <-ctx.Done():
-				t.Stop()
+			n.Record("mail retry %s#%d attempt %d: %v", peer, seq, attempt, err)
+			if !sleepCtx(ctx, backoff.Duration(mailRetryMin, mailRetryMax)) {
 				return
-			case <-t.C:
 			}
 		}
+	}
+}
+
+// sleepCtx sleeps for d and reports whether ctx is still live.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
 	}
 }
 
@@ -387,15 +401,16 @@ func (m *mail) pickPair(r *sim.Stream) (string, string) {
 // partitionChaos cuts and heals links, symmetric and one way, at random.
 func partitionChaos(m *mail) error {
 	r := m.s.Rand("simnet/scenario/partition")
-	for m.sleepChaos(r, 100*time.Millisecond, 500*time.Millisecond) {
+	for m.sleepChaos(r, 50*time.Millisecond, 250*time.Millisecond) {
 		a, b := m.pickPair(r)
 		var err error
-		switch r.IntN(4) {
-		case 0:
+		// Cuts outnumber heals so some last longer than a request's timeout.
+		switch k := r.IntN(10); {
+		case k < 4:
 			err = m.nw.Partition(a, b)
-		case 1:
+		case k < 7:
 			err = m.nw.PartitionOneWay(a, b)
-		case 2:
+		case k < 9:
 			err = m.nw.Heal(a, b)
 		default:
 			m.nw.HealAll()
@@ -421,7 +436,7 @@ func chaosFaults() []sim.Fault {
 // killChaos kills a random node now and then and restarts it a little later.
 func killChaos(m *mail) error {
 	r := m.s.Rand("simnet/scenario/kill")
-	for m.sleepChaos(r, 200*time.Millisecond, 700*time.Millisecond) {
+	for m.sleepChaos(r, 100*time.Millisecond, 500*time.Millisecond) {
 		n := m.nodes[r.IntN(len(m.nodes))]
 		if err := n.Kill(); err != nil {
 			return err

@@ -28,4 +28,10 @@
 // once, even across a partition, rather than through its own timeouts. Dial,
 // accept, close, reset, partition and heal are written to the simulation's
 // trace, in the order the program performs them.
+//
+// Two simplifications are deliberate. Closing a connection with unread
+// bytes is a plain close (TCP would send a reset), and a reset — injected,
+// or from a stopped node — reaches the peer at once rather than after the
+// peer's next retransmission. Both keep failures prompt and deterministic
+// without changing what a correct protocol must handle.
 package simnet

@@ -76,11 +76,12 @@ func (l *ConflictLog) Add(v kv.Version, writes []kv.KeyRange) {
 	for len(l.entries)-drop > ConflictLogCommits || (l.bytes > ConflictLogBytes && len(l.entries)-drop > 1) {
 		l.bytes -= l.entries[drop].bytes
 		l.floor = l.entries[drop].version
+		l.entries[drop] = logEntry{} // let the ranges be collected
 		drop++
 	}
-	if drop > 0 {
-		l.entries = append(l.entries[:0:0], l.entries[drop:]...)
-	}
+	// Reslicing from the front is O(1); the backing array is reclaimed
+	// when append next has to grow it, which copies only live entries.
+	l.entries = l.entries[drop:]
 }
 
 // normalize sorts ranges and merges overlapping ones.

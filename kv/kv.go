@@ -61,7 +61,7 @@ var (
 	ErrKeyTooLarge = fmt.Errorf("key too large: %w", ErrTooLarge)
 	// ErrValueTooLarge: a value is longer than ValueLimit. It wraps ErrTooLarge.
 	ErrValueTooLarge = fmt.Errorf("value too large: %w", ErrTooLarge)
-	// ErrTransactionTooLarge: a transaction's size (see TransactionLimit) would exceed
+	// ErrTransactionTooLarge: a transaction would grow past
 	// TransactionLimit. It wraps ErrTooLarge.
 	ErrTransactionTooLarge = fmt.Errorf("transaction too large: %w", ErrTooLarge)
 	// ErrRangeTooLarge: a range read would return more than

@@ -133,9 +133,8 @@ func (db *DB) attempt(ctx context.Context, fn func(tx kv.Tx) error) error {
 		return err
 	}
 	tx := newTx(snap)
-	err = fn(tx)
+	err = runReleasing(snap, tx, func() error { return fn(tx) })
 	c, hooks := tx.finish()
-	snap.Release()
 	if err != nil {
 		return err
 	}
@@ -170,10 +169,16 @@ func (db *DB) ReadTransact(ctx context.Context, fn func(tx kv.ReadTx) error) err
 		return err
 	}
 	tx := newTx(snap)
-	err = fn(readOnly{tx})
-	tx.finish()
-	snap.Release()
-	return err
+	return runReleasing(snap, tx, func() error { return fn(readOnly{tx}) })
+}
+
+// runReleasing runs fn, then ends tx and releases snap, even if fn panics:
+// a leaked bbolt read transaction would block Close and file growth. The
+// snapshot is released before any commit, so a commit never waits on it.
+func runReleasing(snap Snapshot, tx *Tx, fn func() error) error {
+	defer snap.Release()
+	defer tx.end()
+	return fn()
 }
 
 // Close implements kv.DB.

@@ -44,11 +44,17 @@ func newTx(s Snapshot) *Tx {
 	return &Tx{snap: s, points: btree.NewG(btreeDegree, writeLess)}
 }
 
-// finish ends the transaction and returns what it would commit.
-func (t *Tx) finish() (*Commit, []func(kv.Version)) {
+// end ends the transaction: later calls fail with kv.ErrTransactionDone.
+func (t *Tx) end() {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.done = true
+}
+
+// finish returns what the ended transaction would commit.
+func (t *Tx) finish() (*Commit, []func(kv.Version)) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	c := &Commit{ReadVersion: t.snap.Version(), Reads: t.reads}
 	for _, r := range t.cleared {
 		c.Mutations = append(c.Mutations, Mutation{Op: OpClearRange, Key: r.Begin, End: r.End})

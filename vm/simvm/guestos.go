@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/kelpie-go/kelpie/sim"
 	"github.com/kelpie-go/kelpie/vm"
 	"github.com/kelpie-go/kelpie/vm/guest"
 )
@@ -31,11 +32,14 @@ type file struct {
 	mode uint32
 }
 
-// guestOS is the simulated guest: a flat in-memory filesystem (directories
-// exist implicitly as prefixes of file paths) and counters that a snapshot
-// carries. It implements guest.Handler.
-type guestOS struct {
-	vm *VM
+// Guest is the simulated guest operating system: a flat in-memory
+// filesystem (directories exist implicitly as prefixes of file paths), the
+// command set, and counters that a snapshot carries. It implements
+// guest.Handler, so anything that can carry the guest protocol — the
+// simulated VM's pipe, a test's fake hypervisor — can serve it.
+type Guest struct {
+	// fires reports whether a fault fires; nil never fires.
+	fires func(sim.FaultKind) bool
 
 	mu     sync.Mutex
 	bootID uint64 // drawn at boot; a restored guest keeps its source's
@@ -44,16 +48,18 @@ type guestOS struct {
 	bytes  int
 }
 
-func newGuestOS(v *VM, bootID uint64) *guestOS {
-	g := &guestOS{vm: v, bootID: bootID, files: map[string]file{}}
+// NewGuest returns a freshly booted guest called hostname. fires, when not
+// nil, is consulted for the guest-side faults (vm.exec_timeout).
+func NewGuest(hostname string, bootID uint64, fires func(sim.FaultKind) bool) *Guest {
+	g := &Guest{fires: fires, bootID: bootID, files: map[string]file{}}
 	// A fresh guest has the files a minimal Linux guest would.
-	g.files["/etc/hostname"] = file{data: []byte(v.id + "\n"), mode: 0o644}
-	g.bytes = len(v.id) + 1
+	g.files["/etc/hostname"] = file{data: []byte(hostname + "\n"), mode: 0o644}
+	g.bytes = len(hostname) + 1
 	return g
 }
 
 // Info describes the agent for the handshake.
-func (g *guestOS) Info() guest.HelloReply {
+func (g *Guest) Info() guest.HelloReply {
 	return guest.HelloReply{Agent: AgentVersion, Kernel: "sim", PID: 1}
 }
 
@@ -62,7 +68,7 @@ func guestErr(code, format string, args ...any) error {
 }
 
 // Exec runs one command of the simulated command set.
-func (g *guestOS) Exec(ctx context.Context, req *guest.ExecRequest) (*guest.ExecResult, error) {
+func (g *Guest) Exec(ctx context.Context, req *guest.ExecRequest) (*guest.ExecResult, error) {
 	timeout := req.Timeout
 	if timeout == 0 {
 		timeout = guest.DefaultExecTimeout
@@ -77,7 +83,7 @@ func (g *guestOS) Exec(ctx context.Context, req *guest.ExecRequest) (*guest.Exec
 	timedOut := func() (*guest.ExecResult, error) {
 		return &guest.ExecResult{ExitCode: -1, Signal: "killed", TimedOut: true, Duration: timeout}, nil
 	}
-	if g.vm.fires(FaultExecTimeout) {
+	if g.fires != nil && g.fires(FaultExecTimeout) {
 		// The command hangs until the agent kills it at its timeout.
 		if err := sleepCtx(ctx, timeout); err != nil {
 			return nil, err
@@ -117,7 +123,7 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 
 // run executes the command and returns its exit code and how long it
 // sleeps before exiting.
-func (g *guestOS) run(req *guest.ExecRequest, stdout, stderr *vm.CappedBuffer) (int, time.Duration) {
+func (g *Guest) run(req *guest.ExecRequest, stdout, stderr *vm.CappedBuffer) (int, time.Duration) {
 	name := path.Base(req.Argv[0])
 	args := req.Argv[1:]
 	dir := req.Dir
@@ -244,7 +250,7 @@ func (g *guestOS) run(req *guest.ExecRequest, stdout, stderr *vm.CappedBuffer) (
 
 var errNoFile = errors.New("no such file")
 
-func (g *guestOS) read(p string) ([]byte, error) {
+func (g *Guest) read(p string) ([]byte, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	f, ok := g.files[p]
@@ -257,7 +263,7 @@ func (g *guestOS) read(p string) ([]byte, error) {
 	return append([]byte(nil), f.data...), nil
 }
 
-func (g *guestOS) write(p string, data []byte, mode uint32) error {
+func (g *Guest) write(p string, data []byte, mode uint32) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.isDirLocked(p) {
@@ -281,7 +287,7 @@ func (g *guestOS) write(p string, data []byte, mode uint32) error {
 	return nil
 }
 
-func (g *guestOS) remove(p string) bool {
+func (g *Guest) remove(p string) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	f, ok := g.files[p]
@@ -292,7 +298,7 @@ func (g *guestOS) remove(p string) bool {
 	return ok
 }
 
-func (g *guestOS) isDirLocked(p string) bool {
+func (g *Guest) isDirLocked(p string) bool {
 	if p == "/" {
 		return true
 	}
@@ -306,7 +312,7 @@ func (g *guestOS) isDirLocked(p string) bool {
 }
 
 // list returns the entries directly under dir, sorted by name.
-func (g *guestOS) list(dir string) ([]guest.DirEntry, bool) {
+func (g *Guest) list(dir string) ([]guest.DirEntry, bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if !g.isDirLocked(dir) {
@@ -334,7 +340,7 @@ func (g *guestOS) list(dir string) ([]guest.DirEntry, bool) {
 }
 
 // ReadFile serves the protocol's read.
-func (g *guestOS) ReadFile(ctx context.Context, req *guest.ReadFileRequest) (*guest.ReadFileReply, error) {
+func (g *Guest) ReadFile(ctx context.Context, req *guest.ReadFileRequest) (*guest.ReadFileReply, error) {
 	data, err := g.read(path.Clean(req.Path))
 	if errors.Is(err, errNoFile) {
 		return nil, guestErr(guest.CodeNotFound, "%s: no such file", req.Path)
@@ -350,7 +356,7 @@ func (g *guestOS) ReadFile(ctx context.Context, req *guest.ReadFileRequest) (*gu
 
 // WriteFile serves the protocol's write. Parent directories are implicit,
 // so MkdirAll changes nothing here.
-func (g *guestOS) WriteFile(ctx context.Context, req *guest.WriteFileRequest) (*guest.WriteFileReply, error) {
+func (g *Guest) WriteFile(ctx context.Context, req *guest.WriteFileRequest) (*guest.WriteFileReply, error) {
 	mode := req.Mode
 	if mode == 0 {
 		mode = 0o644
@@ -362,7 +368,7 @@ func (g *guestOS) WriteFile(ctx context.Context, req *guest.WriteFileRequest) (*
 }
 
 // List serves the protocol's directory listing.
-func (g *guestOS) List(ctx context.Context, req *guest.ListRequest) (*guest.ListReply, error) {
+func (g *Guest) List(ctx context.Context, req *guest.ListRequest) (*guest.ListReply, error) {
 	entries, ok := g.list(path.Clean(req.Path))
 	if !ok {
 		return nil, guestErr(guest.CodeNotFound, "%s: no such directory", req.Path)
@@ -373,14 +379,15 @@ func (g *guestOS) List(ctx context.Context, req *guest.ListRequest) (*guest.List
 	return &guest.ListReply{Entries: entries}, nil
 }
 
-// Counters returns the guest's boot id and exec count.
-func (g *guestOS) counters() (bootID, execs uint64) {
+// Counters returns the guest's boot id and how many commands it has run.
+func (g *Guest) Counters() (bootID, execs uint64) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return g.bootID, g.execs
 }
 
-func (g *guestOS) snapshotFiles() map[string][]byte {
+// Files returns a copy of every guest file, by path.
+func (g *Guest) Files() map[string][]byte {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	out := make(map[string][]byte, len(g.files))
@@ -390,10 +397,10 @@ func (g *guestOS) snapshotFiles() map[string][]byte {
 	return out
 }
 
-// save encodes the guest for a snapshot: the state section is bootID and
+// Save encodes the guest for a snapshot: the state section is bootID and
 // execs (u64 each); the filesystem section is a file count (u32) then, in
 // path order, path length (u16), path, mode (u32), data length (u32), data.
-func (g *guestOS) save() (state, files []byte) {
+func (g *Guest) Save() (state, files []byte) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	state = binary.LittleEndian.AppendUint64(nil, g.bootID)
@@ -415,12 +422,13 @@ func (g *guestOS) save() (state, files []byte) {
 	return state, files
 }
 
-// loadGuestOS decodes save's sections, checking every length and limit.
-func loadGuestOS(v *VM, state, files []byte) (*guestOS, error) {
+// LoadGuest decodes Save's two sections, checking every length and limit;
+// fires is as for NewGuest.
+func LoadGuest(state, files []byte, fires func(sim.FaultKind) bool) (*Guest, error) {
 	if len(state) != 16 {
 		return nil, fmt.Errorf("vmstate section is %d bytes, want 16", len(state))
 	}
-	g := &guestOS{vm: v, bootID: binary.LittleEndian.Uint64(state), execs: binary.LittleEndian.Uint64(state[8:]), files: map[string]file{}}
+	g := &Guest{fires: fires, bootID: binary.LittleEndian.Uint64(state), execs: binary.LittleEndian.Uint64(state[8:]), files: map[string]file{}}
 	r := bytes.NewReader(files)
 	var count uint32
 	if err := binary.Read(r, binary.LittleEndian, &count); err != nil {

@@ -67,7 +67,7 @@ func checkGuest(ctx context.Context, v vm.VMInstance, want map[string][]byte) er
 			return fmt.Errorf("%s: %d bytes differ from the %d snapshotted", p, len(got), len(want[p]))
 		}
 	}
-	res, err := v.Exec(ctx, vm.ExecRequest{Command: "ls", Args: []string{"/work"}})
+	res, err := v.Exec(ctx, vm.ExecRequest{Command: "ls", Args: []string{"/work"}, Timeout: faultExecTimeout})
 	if err != nil {
 		return fmt.Errorf("ls /work: %w", err)
 	}
@@ -172,14 +172,14 @@ var vmFaults = []struct {
 	kind sim.FaultKind
 	p    float64
 }{
-	{FaultBootFail, 0.15},
-	{FaultCrash, 0.04},
-	{FaultExecTimeout, 0.15},
-	{FaultPauseStuck, 0.15},
-	{FaultSnapshotCreateFail, 0.15},
-	{FaultSnapshotCorrupt, 0.15},
-	{FaultSnapshotTooLarge, 0.15},
-	{FaultRestoreFail, 0.15},
+	{FaultBootFail, 0.1},
+	{FaultCrash, 0.02},
+	{FaultExecTimeout, 0.1},
+	{FaultPauseStuck, 0.1},
+	{FaultSnapshotCreateFail, 0.1},
+	{FaultSnapshotCorrupt, 0.1},
+	{FaultSnapshotTooLarge, 0.1},
+	{FaultRestoreFail, 0.2},
 }
 
 // expect checks that a failed operation failed as the contract says: with

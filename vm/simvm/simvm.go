@@ -178,7 +178,7 @@ type VM struct {
 	rand *sim.Stream // nil without a simulation
 
 	mu     sync.Mutex
-	os     *guestOS
+	os     *Guest
 	client *guest.Client
 	cancel context.CancelFunc
 	served chan struct{}
@@ -244,13 +244,13 @@ func (v *VM) Boot(ctx context.Context) error {
 		if v.rand != nil {
 			bootID = v.rand.Uint64()
 		}
-		return v.startAgent(ctx, newGuestOS(v, bootID))
+		return v.startAgent(ctx, NewGuest(v.id, bootID, v.fires))
 	})
 }
 
 // startAgent joins a guest.Client to a guest.Server running os over an
 // in-memory pipe and performs the handshake.
-func (v *VM) startAgent(ctx context.Context, g *guestOS) error {
+func (v *VM) startAgent(ctx context.Context, g *Guest) error {
 	host, guestEnd := net.Pipe()
 	sctx, cancel := context.WithCancel(context.Background())
 	served := make(chan struct{})
@@ -432,7 +432,7 @@ func (v *VM) Snapshot(ctx context.Context) ([]byte, error) {
 		if g == nil || c == nil {
 			return fmt.Errorf("sim %s: snapshot: no guest", v.id)
 		}
-		state, files := g.save()
+		state, files := g.Save()
 		sections := []snapshot.Section{{Name: sectionState, Data: state}, {Name: sectionFS, Data: files}}
 		if v.fires(FaultSnapshotTooLarge) {
 			// The guest's memory grew past what a snapshot may hold.
@@ -479,7 +479,7 @@ func (v *VM) Restore(ctx context.Context, blob []byte) error {
 		if !ok1 || !ok2 {
 			return vm.Refuse(fmt.Errorf("sim %s: restore: %w: the blob lacks the %q or %q section", v.id, snapshot.ErrCorrupt, sectionState, sectionFS))
 		}
-		g, err := loadGuestOS(v, state, files)
+		g, err := LoadGuest(state, files, v.fires)
 		if err != nil {
 			return vm.Refuse(fmt.Errorf("sim %s: restore: %w: %v", v.id, snapshot.ErrCorrupt, err))
 		}
@@ -511,7 +511,7 @@ func (v *VM) Counters() (bootID, execs uint64, ok bool) {
 	if g == nil {
 		return 0, 0, false
 	}
-	bootID, execs = g.counters()
+	bootID, execs = g.Counters()
 	return bootID, execs, true
 }
 
@@ -524,5 +524,5 @@ func (v *VM) Guest() map[string][]byte {
 	if g == nil {
 		return nil
 	}
-	return g.snapshotFiles()
+	return g.Files()
 }

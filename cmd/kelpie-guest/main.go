@@ -155,16 +155,23 @@ func runInit() {
 	powerOff()
 }
 
-// portFromCmdline reads kelpie.port=PATH from the kernel command line.
+// portFromCmdline reads kelpie.port=PATH from the kernel command line; the
+// last one wins, as with kernel parameters, so a VM's own command line can
+// override the backend's.
 func portFromCmdline() string {
 	b, err := os.ReadFile("/proc/cmdline")
 	if err != nil {
 		return defaultPort
 	}
-	for _, f := range strings.Fields(string(b)) {
+	return portFrom(string(b))
+}
+
+func portFrom(cmdline string) string {
+	port := defaultPort
+	for _, f := range strings.Fields(cmdline) {
 		if v, ok := strings.CutPrefix(f, cmdlinePortKey); ok && strings.HasPrefix(v, "/dev/") {
-			return v
+			port = v
 		}
 	}
-	return defaultPort
+	return port
 }

@@ -214,3 +214,15 @@ func TestFlags(t *testing.T) {
 		t.Fatalf("-version: code %d, %q", code, out.String())
 	}
 }
+
+func TestPortFromCmdline(t *testing.T) {
+	for cmdline, want := range map[string]string{
+		"console=ttyS0 quiet":                          defaultPort,
+		"kelpie.port=/dev/ttyS1 kelpie.port=/dev/hvc0": "/dev/hvc0",
+		"kelpie.port=relative":                         defaultPort,
+	} {
+		if got := portFrom(cmdline); got != want {
+			t.Errorf("portFrom(%q) = %q, want %q", cmdline, got, want)
+		}
+	}
+}

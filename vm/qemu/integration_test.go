@@ -1,0 +1,407 @@
+package qemu
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/kelpie-go/kelpie/vm"
+	"github.com/kelpie-go/kelpie/vm/image"
+	"github.com/kelpie-go/kelpie/vm/vmtest"
+)
+
+// The integration tests boot real VMs. They need qemu-system-x86_64, a
+// kernel (Debian: linux-image-cloud-amd64) and a static busybox for the
+// guest's commands (Debian: busybox-static). CI installs all three; a
+// developer machine without them skips, loudly.
+//
+// KELPIE_QEMU_ACCEL picks the accelerator (default tcg: it works
+// everywhere, and on nested-virtualization hosts KVM can hang at boot).
+
+// testMemoryMiB is the guest size of the tests and benchmarks.
+const testMemoryMiB = 256
+
+type testEnv struct {
+	kernel, initrd string
+	accel          Accel
+	skip           string
+}
+
+var (
+	envOnce sync.Once
+	env     testEnv
+	envDir  string
+)
+
+// TestMain removes the shared image after the tests.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if envDir != "" {
+		os.RemoveAll(envDir)
+	}
+	os.Exit(code)
+}
+
+// integration returns the shared kernel and image (built once for all
+// tests), or skips the test saying what is missing.
+func integration(t testing.TB) testEnv {
+	t.Helper()
+	envOnce.Do(func() {
+		if _, err := (&Backend{opts: Options{}, hashCache: map[string]fileHash{}}).qemuVersion(); err != nil {
+			env.skip = fmt.Sprintf("%v", err)
+			return
+		}
+		k, err := DiscoverKernel()
+		if err != nil {
+			env.skip = err.Error()
+			return
+		}
+		env.kernel = k
+		a, err := ParseAccel(os.Getenv("KELPIE_QEMU_ACCEL"))
+		if err != nil {
+			env.skip = "KELPIE_QEMU_ACCEL: " + err.Error()
+			return
+		}
+		if os.Getenv("KELPIE_QEMU_ACCEL") == "" {
+			a = AccelTCG
+		}
+		env.accel = a
+		found := false
+		for _, p := range image.BusyboxCandidates {
+			if _, err := os.Stat(p); err == nil {
+				found = true
+			}
+		}
+		if !found {
+			env.skip = "no busybox for the guest's commands (Debian: apt-get install busybox-static)"
+			return
+		}
+		envDir, err = os.MkdirTemp("", "kelpie-qemu-test-")
+		if err != nil {
+			env.skip = err.Error()
+			return
+		}
+		res, err := image.Build(context.Background(), image.Options{Output: filepath.Join(envDir, "initramfs.cpio.gz"), SourceDir: "."})
+		if err != nil {
+			env.skip = "building the image: " + err.Error()
+			return
+		}
+		if res.Busybox == "" {
+			env.skip = "the busybox found is not static (Debian: apt-get install busybox-static)"
+			return
+		}
+		env.initrd = res.Path
+	})
+	if env.skip != "" {
+		t.Skipf("SKIP: QEMU integration tests need qemu-system-x86_64, a kernel and busybox-static "+
+			"(CI: apt-get install qemu-system-x86 linux-image-cloud-amd64 busybox-static): %s", env.skip)
+	}
+	return env
+}
+
+func newBackend(t testing.TB, accel Accel) *Backend {
+	t.Helper()
+	b, err := New(Options{Accel: accel, Progress: func(id, step string) {
+		if testing.Verbose() {
+			t.Logf("%s: %s", id, step)
+		}
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Available(); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func (e testEnv) config() vm.VMConfig {
+	return vm.VMConfig{VCPUs: 1, MemoryMiB: testMemoryMiB, Kernel: e.kernel, Initrd: e.initrd, BootTimeout: 2 * time.Minute}
+}
+
+func ctxFor(t testing.TB, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func stopAtEnd(t testing.TB, v vm.VMInstance) {
+	t.Cleanup(func() {
+		if err := v.Stop(context.Background()); err != nil {
+			t.Errorf("stop %s: %v", v.ID(), err)
+		}
+	})
+}
+
+func sh(script string) vm.ExecRequest {
+	return vm.ExecRequest{Command: "sh", Args: []string{"-c", script}, Env: []string{"PATH=/bin:/usr/bin:/sbin:/usr/sbin"}}
+}
+
+// TestIntegrationBootExecSnapshotRestore is the end-to-end path: boot a
+// real VM, exec in it, write a file, snapshot, restore into a new QEMU
+// process, and read the file back.
+func TestIntegrationBootExecSnapshotRestore(t *testing.T) {
+	e := integration(t)
+	b := newBackend(t, e.accel)
+	ctx := ctxFor(t, 5*time.Minute)
+
+	src, err := b.NewVM(e.config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopAtEnd(t, src)
+	if err := src.Boot(ctx); err != nil {
+		t.Fatalf("boot: %v", err)
+	}
+	info := src.Info()
+	t.Logf("booted %s: qemu %s, accelerator %s (%s), agent %q protocol %d, guest kernel %s, pid %d, boot %s",
+		info.ID, info.QEMUVersion, info.Accel, info.AccelNote, info.Agent, info.Protocol, info.GuestKernel, info.PID, info.BootTime.Round(time.Millisecond))
+	if info.Accel == "" || info.Protocol != 1 || !strings.HasPrefix(info.Agent, "kelpie-guest") {
+		t.Fatalf("info %+v", info)
+	}
+
+	res, err := src.Exec(ctx, sh(`uname -r; echo pid1=$(cat /proc/1/comm); mount | grep -c ' /proc '`))
+	if err != nil {
+		t.Fatalf("exec: %v", err)
+	}
+	t.Logf("exec uname/proc: exit %d, stdout %q", res.ExitCode, res.Stdout)
+	lines := strings.Split(strings.TrimSpace(string(res.Stdout)), "\n")
+	if res.ExitCode != 0 || len(lines) != 3 || lines[0] != info.GuestKernel || lines[1] != "pid1=init" || lines[2] != "1" {
+		t.Fatalf("exec in the guest: %+v", res)
+	}
+
+	const path = "/root/teleport/hello.txt"
+	content := []byte("written before the snapshot at " + time.Now().UTC().Format(time.RFC3339Nano))
+	if err := src.WriteFile(ctx, path, content, 0o640); err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	// A running process's memory must survive too, not only tmpfs files.
+	// setsid takes it out of the exec's process group, which the agent
+	// kills when the command returns.
+	if _, err := src.Exec(ctx, sh(`setsid sleep 100000 </dev/null >/dev/null 2>&1 & echo $! > /root/sleeper.pid`)); err != nil {
+		t.Fatalf("start a background process: %v", err)
+	}
+	pidb, err := src.ReadFile(ctx, "/root/sleeper.pid")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("wrote %s (%d bytes); background sleeper pid %s", path, len(content), strings.TrimSpace(string(pidb)))
+
+	if err := src.Pause(ctx); err != nil {
+		t.Fatalf("pause: %v", err)
+	}
+	began := time.Now()
+	blob, err := src.Snapshot(ctx)
+	if err != nil {
+		t.Fatalf("snapshot: %v", err)
+	}
+	t.Logf("snapshot: %d bytes (%.1f MiB) of a %d MiB guest in %s", len(blob), float64(len(blob))/(1<<20), testMemoryMiB, time.Since(began).Round(time.Millisecond))
+	srcPID := src.Info().PID
+	if err := src.Stop(ctx); err != nil {
+		t.Fatalf("stop the source: %v", err)
+	}
+
+	dst, err := b.NewVM(e.config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopAtEnd(t, dst)
+	began = time.Now()
+	if err := dst.Restore(ctx, blob); err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	if st := dst.State(); st != vm.StatePaused {
+		t.Fatalf("restored VM is %s, want paused", st)
+	}
+	if err := dst.Resume(ctx); err != nil {
+		t.Fatalf("resume: %v", err)
+	}
+	dinfo := dst.Info()
+	t.Logf("restored into %s: new qemu pid %d (source was %d), accelerator %s, restore+resume %s", dinfo.ID, dinfo.PID, srcPID, dinfo.Accel, time.Since(began).Round(time.Millisecond))
+	if dinfo.PID == srcPID || dinfo.PID == 0 {
+		t.Fatalf("restore did not run a new QEMU process (pid %d)", dinfo.PID)
+	}
+	got, err := dst.ReadFile(ctx, path)
+	if err != nil || string(got) != string(content) {
+		t.Fatalf("file after restore: %q, %v; want %q", got, err, content)
+	}
+	t.Logf("read back %s after restore: %q", path, got)
+	res, err = dst.Exec(ctx, sh(`kill -0 $(cat /root/sleeper.pid) && echo sleeper alive; stat -c %a `+path))
+	if err != nil || string(res.Stdout) != "sleeper alive\n640\n" {
+		t.Fatalf("after restore: %+v, %v", res, err)
+	}
+	t.Logf("exec after restore: %q", res.Stdout)
+}
+
+// TestConformance holds the QEMU backend to the vm contract.
+func TestConformance(t *testing.T) {
+	e := integration(t)
+	b := newBackend(t, e.accel)
+	vmtest.Run(t, vmtest.Options{
+		New: func(t *testing.T) vm.VMInstance {
+			v, err := b.New(e.config())
+			if err != nil {
+				t.Fatal(err)
+			}
+			return v
+		},
+		Exit: func(code int) []string { return []string{"sh", "-c", "exit " + strconv.Itoa(code)} },
+		Repeat: func(n int, text string) []string {
+			return []string{"sh", "-c", fmt.Sprintf(`i=0; while [ $i -lt %d ]; do echo '%s'; i=$((i+1)); done`, n, text)}
+		},
+		OpTimeout: 4 * time.Minute,
+	})
+}
+
+// TestBootDeadlineNamesTheAccelerator: an agent that never answers on the
+// backend's channel (here it is told to serve on the console port
+// instead) makes Boot fail at its deadline with an error naming the
+// accelerator, and the VM failed.
+func TestBootDeadlineNamesTheAccelerator(t *testing.T) {
+	e := integration(t)
+	b := newBackend(t, e.accel)
+	cfg := e.config()
+	cfg.KernelCmdline = "kelpie.port=/dev/ttyS0"
+	cfg.BootTimeout = 8 * time.Second
+	v, err := b.NewVM(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopAtEnd(t, v)
+	err = v.Boot(ctxFor(t, time.Minute))
+	want := fmt.Sprintf("accelerator %s did not reach the guest agent within 8s", e.accel)
+	if !errors.Is(err, vm.ErrBootFailed) || !strings.Contains(err.Error(), want) {
+		t.Fatalf("boot: %v\nwant vm.ErrBootFailed mentioning %q", err, want)
+	}
+	if v.State() != vm.StateFailed {
+		t.Fatalf("state %s after a failed boot", v.State())
+	}
+	t.Logf("boot error: %.300s", err)
+}
+
+// TestGuestPowerOffIsACrash: QEMU exiting under a running VM fails it.
+func TestGuestPowerOffIsACrash(t *testing.T) {
+	e := integration(t)
+	b := newBackend(t, e.accel)
+	v, err := b.NewVM(e.config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopAtEnd(t, v)
+	ctx := ctxFor(t, 3*time.Minute)
+	if err := v.Boot(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The command never returns: the VM is gone before the agent answers.
+	_, err = v.Exec(ctx, sh(`poweroff -f`))
+	if err == nil {
+		t.Fatal("exec of poweroff returned normally")
+	}
+	deadline := time.Now().Add(time.Minute)
+	for v.State() != vm.StateFailed {
+		if time.Now().After(deadline) {
+			t.Fatalf("state %s after the guest powered off", v.State())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	_, err = v.Exec(ctx, sh("true"))
+	if !errors.Is(err, vm.ErrInvalidState) || !errors.Is(err, vm.ErrCrashed) {
+		t.Fatalf("exec on a crashed VM: %v", err)
+	}
+}
+
+// TestAutoAccelerator boots with "auto" and a short KVM probe. On a host
+// where KVM works the VM runs under KVM; where /dev/kvm is missing or a
+// KVM guest hangs (nested virtualization), it runs under TCG and its info
+// says why.
+func TestAutoAccelerator(t *testing.T) {
+	e := integration(t)
+	b, err := New(Options{Accel: AccelAuto, KVMProbeTimeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := b.NewVM(e.config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopAtEnd(t, v)
+	if err := v.Boot(ctxFor(t, 3*time.Minute)); err != nil {
+		t.Fatalf("auto boot: %v", err)
+	}
+	info := v.Info()
+	t.Logf("auto chose %s: %s (boot %s)", info.Accel, info.AccelNote, info.BootTime.Round(time.Millisecond))
+	hw, hwErr := hardwareAccel()
+	switch {
+	case info.Accel == AccelTCG && hwErr != nil:
+		if !strings.Contains(info.AccelNote, "auto:") {
+			t.Fatalf("tcg without a hardware accelerator, note %q", info.AccelNote)
+		}
+	case info.Accel == AccelTCG:
+		if !strings.Contains(info.AccelNote, string(hw)+" did not reach the guest agent within 10s; fell back to tcg") {
+			t.Fatalf("fell back to tcg with note %q", info.AccelNote)
+		}
+		// The backend remembers: the next boot goes straight to TCG.
+		w, _ := b.NewVM(e.config())
+		stopAtEnd(t, w)
+		if err := w.Boot(ctxFor(t, 3*time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+		if wi := w.Info(); wi.Accel != AccelTCG || !strings.Contains(wi.AccelNote, "failed earlier") {
+			t.Fatalf("second auto boot: %s (%s)", wi.Accel, wi.AccelNote)
+		}
+	case info.Accel != hw:
+		t.Fatalf("auto chose %s on a host whose accelerator is %s", info.Accel, hw)
+	}
+	if _, err := v.Exec(ctxFor(t, time.Minute), sh("true")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestRestoreRefusesOtherImage: a snapshot restores only onto the kernel
+// and initramfs it booted from.
+func TestRestoreRefusesOtherImage(t *testing.T) {
+	e := integration(t)
+	b := newBackend(t, e.accel)
+	ctx := ctxFor(t, 3*time.Minute)
+	src, err := b.NewVM(e.config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopAtEnd(t, src)
+	if err := src.Boot(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := src.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	blob, err := src.Snapshot(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := filepath.Join(t.TempDir(), "other.cpio.gz")
+	data, err := os.ReadFile(e.initrd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(other, append(data, 0), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg := e.config()
+	cfg.Initrd = other
+	dst, err := b.NewVM(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopAtEnd(t, dst)
+	err = dst.Restore(ctx, blob)
+	if err == nil || !strings.Contains(err.Error(), "initramfs with SHA-256") || dst.State() != vm.StateCreated {
+		t.Fatalf("restore onto another initramfs: %v (state %s)", err, dst.State())
+	}
+}

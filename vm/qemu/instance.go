@@ -1,6 +1,7 @@
 package qemu
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -134,6 +135,11 @@ type VM struct {
 	agent *guest.Client
 	hello helloInfo
 	info  Info
+	// lastSnapshot is the blob of the current pause, if one was taken.
+	// QEMU refuses to migrate a VM twice without running it in between
+	// ("paused due to previous migration"); the guest has not changed
+	// since, so a second Snapshot returns the same state.
+	lastSnapshot []byte
 }
 
 // ID is the VM's identifier.
@@ -460,6 +466,9 @@ func (v *VM) Resume(ctx context.Context) error {
 		ctx, cancel := context.WithTimeout(ctx, vm.ResumeTimeout)
 		defer cancel()
 		p, c := v.current()
+		v.mu.Lock()
+		v.lastSnapshot = nil
+		v.mu.Unlock()
 		if err := p.qmp.Execute(ctx, "cont", nil, nil); err != nil {
 			return fmt.Errorf("%w: qemu cont: %v", vm.ErrResumeTimeout, err)
 		}
@@ -500,8 +509,12 @@ func (v *VM) Snapshot(ctx context.Context) ([]byte, error) {
 	err := v.m.Do(vm.OpSnapshot, func() error {
 		p, _ := v.current()
 		v.mu.Lock()
-		hello := v.hello
+		hello, last := v.hello, v.lastSnapshot
 		v.mu.Unlock()
+		if last != nil {
+			blob = bytes.Clone(last)
+			return nil
+		}
 		version, err := v.b.qemuVersion()
 		if err != nil {
 			return err
@@ -531,6 +544,10 @@ func (v *VM) Snapshot(ctx context.Context) ([]byte, error) {
 		if err != nil {
 			return fmt.Errorf("qemu: snapshot: %w", err)
 		}
+		v.mu.Lock()
+		v.lastSnapshot = blob
+		v.mu.Unlock()
+		blob = bytes.Clone(blob)
 		v.b.progress(v.id, "snapshot of %d MiB taken in %s", len(blob)>>20, time.Since(began).Round(time.Millisecond))
 		return nil
 	})
@@ -802,6 +819,7 @@ func (v *VM) Stop(ctx context.Context) error {
 			p.stopping = true
 		}
 		v.agent = nil
+		v.lastSnapshot = nil
 		v.mu.Unlock()
 		if c != nil {
 			c.Close()

@@ -33,6 +33,11 @@ var Scenarios = []sim.Scenario{
 		Doc:  "the node is killed while a commit is between write and fsync and the write tears; reopening detects and discards the torn tail and keeps every acknowledged commit",
 		Run:  runTornWrite,
 	},
+	{
+		Name: "kv-crash-model",
+		Doc:  "one client runs random transactions (sets, clears, range clears) under commit faults and kills; after every restart the whole store equals the model of acknowledged commits, plus the interrupted one or not",
+		Run:  runCrashModel,
+	},
 }
 
 // Scenario sizes.

@@ -331,3 +331,5 @@ func TestSimStaleHandleFails(t *testing.T) {
 		return nil
 	})
 }
+
+func TestSimCrashModel(t *testing.T) { sim.RunScenario(t, scenario(t, "kv-crash-model")) }

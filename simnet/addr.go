@@ -16,6 +16,7 @@ type Addr struct {
 // Network is "simnet": the name of the network, as net.Addr requires.
 func (a Addr) Network() string { return networkName }
 
+// String is "node:port".
 func (a Addr) String() string { return net.JoinHostPort(a.Node, strconv.Itoa(a.Port)) }
 
 const networkName = "simnet"

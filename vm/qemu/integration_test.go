@@ -185,7 +185,10 @@ func TestIntegrationBootExecSnapshotRestore(t *testing.T) {
 	// A running process's memory must survive too, not only tmpfs files.
 	// setsid takes it out of the exec's process group, which the agent
 	// kills when the command returns.
-	if _, err := src.Exec(ctx, sh(`setsid sleep 100000 </dev/null >/dev/null 2>&1 & echo $! > /root/sleeper.pid`)); err != nil {
+	// The command waits until the sleeper leads its own session, so that
+	// the group kill cannot catch it half-way.
+	if _, err := src.Exec(ctx, sh(`setsid sleep 100000 </dev/null >/dev/null 2>&1 & pid=$!; echo $pid > /root/sleeper.pid
+i=0; while [ "$(cut -d' ' -f6 /proc/$pid/stat)" != "$pid" ] && [ $i -lt 500 ]; do i=$((i+1)); sleep 0.01; done`)); err != nil {
 		t.Fatalf("start a background process: %v", err)
 	}
 	pidb, err := src.ReadFile(ctx, "/root/sleeper.pid")
@@ -269,14 +272,14 @@ func TestBootDeadlineNamesTheAccelerator(t *testing.T) {
 	b := newBackend(t, e.accel)
 	cfg := e.config()
 	cfg.KernelCmdline = "kelpie.port=/dev/ttyS0"
-	cfg.BootTimeout = 8 * time.Second
+	cfg.BootTimeout = 5 * time.Second
 	v, err := b.NewVM(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	stopAtEnd(t, v)
 	err = v.Boot(ctxFor(t, time.Minute))
-	want := fmt.Sprintf("accelerator %s did not reach the guest agent within 8s", e.accel)
+	want := fmt.Sprintf("accelerator %s did not reach the guest agent within 5s", e.accel)
 	if !errors.Is(err, vm.ErrBootFailed) || !strings.Contains(err.Error(), want) {
 		t.Fatalf("boot: %v\nwant vm.ErrBootFailed mentioning %q", err, want)
 	}

@@ -21,13 +21,14 @@
 // suite in package vm/vmtest: Restore is called on a VM that is created and
 // never booted, whose VMConfig has the same vCPUs and memory as the
 // snapshot. The snapshot blob (package vm/snapshot) is decoded and its
-// metadata checked against the backend and host before anything is loaded;
-// an incompatible blob is refused with an error matching
-// snapshot.ErrIncompatible (a corrupt one with snapshot.ErrCorrupt, an
-// oversized one with snapshot.ErrTooLarge) and the VM stays created. Once loading starts, a
-// failure leaves the VM failed. On success the VM is paused, holding exactly
-// the guest state of the moment the snapshot was taken (memory, files,
-// running processes); the caller calls Resume to run it.
+// metadata checked against the backend and host before anything is loaded.
+// A blob that is refused — incompatible (snapshot.ErrIncompatible), corrupt
+// (snapshot.ErrCorrupt) or oversized (snapshot.ErrTooLarge) — leaves the VM
+// created. Once loading starts, a failure (vm.ErrRestoreFailed) leaves the
+// VM failed. On success the VM is paused, holding exactly the guest state of
+// the moment the snapshot was taken (memory, files, running processes); the
+// caller calls Resume to run it, and Resume re-establishes the host's
+// session with the guest agent.
 //
 // Backends are chosen through a Registry, by name or by what the host
 // supports (each Backend reports Available).

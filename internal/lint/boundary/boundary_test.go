@@ -63,7 +63,9 @@ func TestAllowedAndHostOnly(t *testing.T) {
 		Module + "/vm/qemu":                true,
 		Module + "/internal/lint/boundary": true,
 		Module + "/cmd/kelpie-dst":         true,
-		Module + "/cmd/kelpie":             false, // a binary, but it must build for wasip1
+		Module + "/cmd/kelpie":             true,
+		Module + "/cmd/kelpie-scenarios":   false, // a binary, and a wasip1 program
+		Module + "/cmd/kelpie-new":         false, // checked until the allow-list says otherwise
 		Module + "/sim":                    false,
 		Module + "/vm":                     false,
 	} {

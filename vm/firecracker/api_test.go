@@ -259,3 +259,12 @@ func TestParseVersion(t *testing.T) {
 		}
 	}
 }
+
+func TestInstanceID(t *testing.T) {
+	if got := instanceID("agent_7.vm"); got != "agent-7-vm" {
+		t.Errorf("instanceID = %q", got)
+	}
+	if got := instanceID(strings.Repeat("a", 80)); len(got) != maxInstanceID {
+		t.Errorf("long id kept %d bytes", len(got))
+	}
+}

@@ -116,7 +116,7 @@ func (v *VM) start(ctx context.Context) error {
 		return fmt.Errorf("firecracker %s: %w", v.id, err)
 	}
 	sock := filepath.Join(v.dir, apiSocketName)
-	cmd := exec.Command(v.b.opts.Binary, "--api-sock", sock, "--id", v.id, "--log-path", logName, "--level", "Warning")
+	cmd := exec.Command(v.b.opts.Binary, "--api-sock", sock, "--id", instanceID(v.id), "--log-path", logName, "--level", "Warning")
 	cmd.Dir = v.dir
 	cmd.Env = append(os.Environ(), v.b.opts.Env...)
 	stdin, err := cmd.StdinPipe()
@@ -159,6 +159,24 @@ func (v *VM) start(ctx context.Context) error {
 		case <-tick.C:
 		}
 	}
+}
+
+// maxInstanceID is the longest instance id Firecracker accepts.
+const maxInstanceID = 64
+
+// instanceID turns a VM id into one Firecracker accepts: letters, digits
+// and '-', at most maxInstanceID.
+func instanceID(id string) string {
+	b := []byte(id)
+	for i, c := range b {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+			b[i] = '-'
+		}
+	}
+	if len(b) > maxInstanceID {
+		b = b[:maxInstanceID]
+	}
+	return string(b)
 }
 
 // processExited runs when firecracker exits: unless Stop killed it, the VM

@@ -62,7 +62,9 @@ func (o *Options) defaults() {
 		o.Cat = []string{"cat"}
 	}
 	if o.Sleep == nil {
-		o.Sleep = func(d time.Duration) []string { return []string{"sleep", strconv.FormatFloat(d.Seconds(), 'f', -1, 64)} }
+		o.Sleep = func(d time.Duration) []string {
+			return []string{"sleep", strconv.FormatFloat(d.Seconds(), 'f', -1, 64)}
+		}
 	}
 	if o.Repeat == nil {
 		o.Repeat = func(n int, s string) []string { return []string{"repeat", strconv.Itoa(n), s} }
@@ -271,6 +273,29 @@ func (s *suite) exec(t *testing.T) {
 	wantState(t, v, vm.StateRunning)
 	if _, err := v.Exec(ctx, argv(s.o.Echo("still alive"))); err != nil {
 		t.Errorf("exec after a timeout: %v", err)
+	}
+
+	// Commands run concurrently on one VM, each getting its own output.
+	const concurrent = 8
+	errs := make(chan error, concurrent)
+	for i := 0; i < concurrent; i++ {
+		go func(i int) {
+			want := "concurrent " + strconv.Itoa(i)
+			res, err := v.Exec(ctx, argv(s.o.Echo(want)))
+			switch {
+			case err != nil:
+				errs <- err
+			case string(res.Stdout) != want+"\n":
+				errs <- errors.New("exec " + strconv.Itoa(i) + " got " + strconv.Quote(string(res.Stdout)))
+			default:
+				errs <- nil
+			}
+		}(i)
+	}
+	for i := 0; i < concurrent; i++ {
+		if err := <-errs; err != nil {
+			t.Errorf("concurrent exec: %v", err)
+		}
 	}
 
 	for name, bad := range map[string]vm.ExecRequest{

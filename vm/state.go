@@ -252,6 +252,12 @@ func (m *Machine) Do(op Op, fn func() error) error {
 	if errors.As(err, &ref) {
 		// Refused before anything changed: the state stays, and the
 		// caller sees the underlying error.
+		m.mu.Lock()
+		obs := m.observe
+		m.mu.Unlock()
+		if obs != nil {
+			obs(from, from, op, ref.err)
+		}
 		return ref.err
 	}
 	m.mu.Lock()

@@ -472,5 +472,13 @@ func LoadGuest(state, files []byte, fires func(sim.FaultKind) bool) (*Guest, err
 	if r.Len() != 0 {
 		return nil, fmt.Errorf("guestfs section: %d trailing bytes", r.Len())
 	}
+	// A file cannot also be a directory of another.
+	for p := range g.files {
+		for d := path.Dir(p); d != "/"; d = path.Dir(d) {
+			if _, isFile := g.files[d]; isFile {
+				return nil, fmt.Errorf("guestfs section: %s is under the file %s", p, d)
+			}
+		}
+	}
 	return g, nil
 }

@@ -203,6 +203,9 @@ func vmRun(args []string, snapFile string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return 2
 	}
+	// The control socket's handler reports progress while the shell
+	// writes command output: both go through locks.
+	stdout, stderr = &lockedWriter{w: stdout}, &lockedWriter{w: stderr}
 	fail := func(format string, a ...any) int {
 		fmt.Fprintf(stderr, name+": "+format+"\n", a...)
 		return 1
@@ -496,6 +499,18 @@ func serveControl(dir string, v *qemu.VM, pr *vmProgress) (*controlServer, error
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: vmControlTimeout}
 	go srv.Serve(ln)
 	return &controlServer{srv: srv, path: path}, nil
+}
+
+// lockedWriter serialises writes from the shell and the control handler.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
 
 type flushWriter struct {

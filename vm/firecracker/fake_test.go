@@ -32,6 +32,9 @@ const (
 	fakeEnv     = "KELPIE_FAKE_FIRECRACKER"
 	fakeFailEnv = "KELPIE_FAKE_FC_FAIL"
 	fakeVersion = "1.7.0"
+	// fakeFullMemEnv makes the fake write a memory file of the guest's
+	// whole memory size, as Firecracker does, for benchmarks.
+	fakeFullMemEnv = "KELPIE_FAKE_FC_FULL_MEM"
 )
 
 func TestMain(m *testing.M) {
@@ -220,7 +223,14 @@ func (f *fakeVMM) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			fault(400, "Cannot save the microVM state: %v", err)
 			return
 		}
-		if err := os.WriteFile(s.MemFilePath, []byte(strings.Repeat("mem!", 1024)), 0o600); err != nil {
+		mem := []byte(strings.Repeat("mem!", 1024))
+		if os.Getenv(fakeFullMemEnv) == "1" {
+			mem = make([]byte, f.machine.MemSizeMiB<<20)
+			for i := 0; i < len(mem); i += 4096 {
+				mem[i] = byte(i >> 12) // touched pages, as a running guest's are
+			}
+		}
+		if err := os.WriteFile(s.MemFilePath, mem, 0o600); err != nil {
 			fault(400, "Cannot save the memory: %v", err)
 			return
 		}

@@ -511,14 +511,6 @@ func (v *VM) Snapshot(ctx context.Context) ([]byte, error) {
 		}
 		defer os.Remove(statePath)
 		defer os.Remove(memPath)
-		state, err := readBounded(statePath, maxVMStateBytes)
-		if err != nil {
-			return fail(err)
-		}
-		mem, err := readBounded(memPath, int64(v.cfg.MemoryMiB)<<20)
-		if err != nil {
-			return fail(err)
-		}
 		v.mu.Lock()
 		meta := snapshot.Metadata{
 			Backend: Name, BackendVersion: v.version, Arch: runtime.GOARCH, CPUModel: cpuModel(),
@@ -526,36 +518,62 @@ func (v *VM) Snapshot(ctx context.Context) ([]byte, error) {
 			GuestAgentVersion: v.agentVer, GuestProtocol: v.protocol,
 		}
 		v.mu.Unlock()
-		b, err := snapshot.Encode(meta, []snapshot.Section{{Name: snapshotVMState, Data: state}, {Name: snapshotMemory, Data: mem}}, 0)
+		// The files are read straight into the blob: one allocation of
+		// guest memory's size, not two.
+		files := []struct {
+			name, path string
+			max        int64
+		}{{snapshotVMState, statePath, maxVMStateBytes}, {snapshotMemory, memPath, int64(v.cfg.MemoryMiB) << 20}}
+		layout := make([]snapshot.SectionSize, len(files))
+		opened := make([]*os.File, len(files))
+		defer func() {
+			for _, f := range opened {
+				if f != nil {
+					f.Close()
+				}
+			}
+		}()
+		for i, f := range files {
+			fh, size, err := openBounded(f.path, f.max)
+			if err != nil {
+				return fail(err)
+			}
+			opened[i] = fh
+			layout[i] = snapshot.SectionSize{Name: f.name, Size: size}
+		}
+		bld, err := snapshot.NewBuilder(meta, layout, 0)
 		if err != nil {
 			return fail(err)
 		}
+		for i, f := range files {
+			if _, err := io.ReadFull(opened[i], bld.Section(i)); err != nil {
+				return fail(fmt.Errorf("%s: %w", f.path, err))
+			}
+		}
+		b := bld.Finish()
 		blob = b
 		return nil
 	})
 	return blob, err
 }
 
-func readBounded(path string, max int64) ([]byte, error) {
+// openBounded opens a file Firecracker wrote and returns its size, refusing
+// one larger than max.
+func openBounded(path string, max int64) (*os.File, int64, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	defer f.Close()
 	st, err := f.Stat()
 	if err != nil {
-		return nil, err
+		f.Close()
+		return nil, 0, err
 	}
 	if st.Size() > max {
-		return nil, fmt.Errorf("%s is %d bytes, more than the %d expected", path, st.Size(), max)
+		f.Close()
+		return nil, 0, fmt.Errorf("%s is %d bytes, more than the %d expected", path, st.Size(), max)
 	}
-	// One allocation of the exact size: the memory file is the size of
-	// guest memory, and growing a buffer to it would copy it many times.
-	data := make([]byte, st.Size())
-	if _, err := io.ReadFull(f, data); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return data, nil
+	return f, st.Size(), nil
 }
 
 // Host is what this host offers a snapshot for a VM shaped like cfg.

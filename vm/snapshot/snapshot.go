@@ -126,19 +126,53 @@ func (s *Snapshot) Section(name string) ([]byte, bool) {
 // blobs larger than maxBytes before allocating them. maxBytes <= 0 or above
 // MaxBlobBytes means MaxBlobBytes.
 func Encode(meta Metadata, sections []Section, maxBytes int64) ([]byte, error) {
+	layout := make([]SectionSize, len(sections))
+	for i, s := range sections {
+		layout[i] = SectionSize{Name: s.Name, Size: int64(len(s.Data))}
+	}
+	b, err := NewBuilder(meta, layout, maxBytes)
+	if err != nil {
+		return nil, err
+	}
+	for i, s := range sections {
+		copy(b.Section(i), s.Data)
+	}
+	return b.Finish(), nil
+}
+
+// SectionSize announces a section to a Builder.
+type SectionSize struct {
+	Name string
+	Size int64
+}
+
+// Builder lays out a blob in one allocation and lets the caller fill each
+// section in place, so a backend can read a guest's memory file straight
+// into the blob instead of into a buffer that Encode would copy. Fill every
+// section, then call Finish.
+type Builder struct {
+	out     []byte
+	offsets []int64 // start of each section in out
+	sizes   []int64
+}
+
+// NewBuilder validates meta and the layout and allocates the blob, refusing
+// (with ErrTooLarge) one larger than maxBytes before allocating it.
+// maxBytes <= 0 or above MaxBlobBytes means MaxBlobBytes.
+func NewBuilder(meta Metadata, layout []SectionSize, maxBytes int64) (*Builder, error) {
 	if maxBytes <= 0 || maxBytes > MaxBlobBytes {
 		maxBytes = MaxBlobBytes
 	}
 	if err := meta.Validate(); err != nil {
 		return nil, err
 	}
-	if len(sections) > MaxSections {
-		return nil, fmt.Errorf("snapshot: encode: %d sections, the limit is MaxSections=%d", len(sections), MaxSections)
+	if len(layout) > MaxSections {
+		return nil, fmt.Errorf("snapshot: encode: %d sections, the limit is MaxSections=%d", len(layout), MaxSections)
 	}
 	md := meta.marshal()
 	total := int64(HeaderBytes + len(md) + ChecksumBytes)
 	seen := map[string]bool{}
-	for i, s := range sections {
+	for i, s := range layout {
 		if err := checkSectionName(s.Name); err != nil {
 			return nil, fmt.Errorf("snapshot: encode: section[%d]: %v", i, err)
 		}
@@ -146,33 +180,51 @@ func Encode(meta Metadata, sections []Section, maxBytes int64) ([]byte, error) {
 			return nil, fmt.Errorf("snapshot: encode: section %q appears twice", s.Name)
 		}
 		seen[s.Name] = true
-		total += int64(1+len(s.Name)+8) + int64(len(s.Data))
-		if total > maxBytes {
-			return nil, fmt.Errorf("%w: encode: the blob would exceed %d bytes at section %q (%d bytes)", ErrTooLarge, maxBytes, s.Name, len(s.Data))
+		// Checked before adding, so the sum cannot overflow.
+		if s.Size < 0 || s.Size > maxBytes {
+			return nil, fmt.Errorf("%w: encode: section %q is %d bytes, the limit is %d", ErrTooLarge, s.Name, s.Size, maxBytes)
 		}
-	}
-	if total > maxBytes {
-		return nil, fmt.Errorf("%w: encode: the blob would be %d bytes, the limit is %d", ErrTooLarge, total, maxBytes)
+		total += int64(1+len(s.Name)+8) + s.Size
+		if total > maxBytes {
+			return nil, fmt.Errorf("%w: encode: the blob would exceed %d bytes at section %q (%d bytes)", ErrTooLarge, maxBytes, s.Name, s.Size)
+		}
 	}
 	out := make([]byte, 0, total)
 	out = append(out, Magic...)
 	out = binary.LittleEndian.AppendUint16(out, Version)
 	out = binary.LittleEndian.AppendUint16(out, 0)
 	out = binary.LittleEndian.AppendUint32(out, uint32(len(md)))
-	out = binary.LittleEndian.AppendUint32(out, uint32(len(sections)))
+	out = binary.LittleEndian.AppendUint32(out, uint32(len(layout)))
 	out = binary.LittleEndian.AppendUint32(out, 0)
-	for _, s := range sections {
+	for _, s := range layout {
 		out = append(out, byte(len(s.Name)))
 		out = append(out, s.Name...)
-		out = binary.LittleEndian.AppendUint64(out, uint64(len(s.Data)))
+		out = binary.LittleEndian.AppendUint64(out, uint64(s.Size))
 	}
 	out = append(out, md...)
-	for _, s := range sections {
-		out = append(out, s.Data...)
+	b := &Builder{offsets: make([]int64, len(layout)), sizes: make([]int64, len(layout))}
+	off := int64(len(out))
+	for i, s := range layout {
+		b.offsets[i], b.sizes[i] = off, s.Size
+		off += s.Size
 	}
-	sum := sha256.Sum256(out)
-	out = append(out, sum[:]...)
-	return out, nil
+	b.out = out[:off]
+	return b, nil
+}
+
+// Section returns the bytes of section i (in layout order) to fill.
+func (b *Builder) Section(i int) []byte {
+	start := b.offsets[i]
+	return b.out[start : start+b.sizes[i] : start+b.sizes[i]]
+}
+
+// Finish appends the checksum and returns the blob. The Builder must not be
+// used afterwards.
+func (b *Builder) Finish() []byte {
+	sum := sha256.Sum256(b.out)
+	out := append(b.out, sum[:]...)
+	b.out = nil
+	return out
 }
 
 // Decode parses and verifies a blob of at most MaxBlobBytes. Section data

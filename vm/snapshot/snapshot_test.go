@@ -202,3 +202,28 @@ func BenchmarkDecode(b *testing.B) {
 		}
 	}
 }
+
+func TestBuilderMatchesEncode(t *testing.T) {
+	secs := testSections()
+	b, err := NewBuilder(testMeta(), []SectionSize{{"vmstate", int64(len(secs[0].Data))}, {"memory", int64(len(secs[1].Data))}}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, s := range secs {
+		if n := copy(b.Section(i), s.Data); n != len(s.Data) {
+			t.Fatalf("section %d holds %d bytes, want %d", i, n, len(s.Data))
+		}
+	}
+	if got := b.Finish(); !bytes.Equal(got, mustEncode(t)) {
+		t.Error("a built blob differs from the encoded one")
+	}
+	if _, err := NewBuilder(testMeta(), []SectionSize{{"memory", -1}}, 0); !errors.Is(err, ErrTooLarge) {
+		t.Errorf("negative size: %v", err)
+	}
+	if _, err := NewBuilder(testMeta(), []SectionSize{{"memory", MaxBlobBytes}}, 0); !errors.Is(err, ErrTooLarge) {
+		t.Errorf("a section as large as the whole limit: %v", err)
+	}
+	if _, err := NewBuilder(testMeta(), []SectionSize{{"a", 1 << 62}, {"b", 1 << 62}}, 0); !errors.Is(err, ErrTooLarge) {
+		t.Errorf("sizes that would overflow: %v", err)
+	}
+}

@@ -8,6 +8,8 @@ import (
 	"log"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -94,19 +96,23 @@ func powerOff() {
 	}
 }
 
-// openSerial opens a serial device in raw mode: no echo, no line editing,
-// no CR/LF translation, no flow-control characters, 8 bits — the protocol
-// is binary.
-func openSerial(path string) (*os.File, error) {
+// openChannel opens the agent's channel device. A terminal (a serial port)
+// is put in raw mode: no echo, no line editing, no CR/LF translation, no
+// flow-control characters, 8 bits — the protocol is binary. A virtio port
+// is not a terminal and needs nothing.
+func openChannel(path string) (*os.File, error) {
 	f, err := os.OpenFile(path, os.O_RDWR|unix.O_NOCTTY, 0)
 	if err != nil {
 		return nil, err
 	}
 	fd := int(f.Fd())
 	t, err := unix.IoctlGetTermios(fd, unix.TCGETS)
+	if errors.Is(err, unix.ENOTTY) {
+		return f, nil
+	}
 	if err != nil {
 		f.Close()
-		return nil, fmt.Errorf("%s: not a terminal: %w", path, err)
+		return nil, fmt.Errorf("%s: reading terminal settings: %w", path, err)
 	}
 	t.Iflag &^= unix.IGNBRK | unix.BRKINT | unix.PARMRK | unix.ISTRIP | unix.INLCR | unix.IGNCR | unix.ICRNL | unix.IXON | unix.IXOFF | unix.IXANY
 	t.Oflag &^= unix.OPOST
@@ -123,4 +129,77 @@ func openSerial(path string) (*os.File, error) {
 	// editing; drop them (the host repeats its hello until answered).
 	unix.IoctlSetInt(fd, unix.TCFLSH, unix.TCIFLUSH)
 	return f, nil
+}
+
+// The virtio-serial channel.
+const (
+	// moduleList is where the image lists kernel modules to load
+	// (vm/image.ModuleListPath).
+	moduleList = "/etc/kelpie/modules"
+	// virtioPortName is the name the host gives the agent's port.
+	virtioPortName = "org.kelpie.agent"
+	// virtioPortWait bounds the wait for the port's device node after the
+	// modules are loaded.
+	virtioPortWait = 5 * time.Second
+	// maxModules bounds the module list.
+	maxModules = 64
+)
+
+// setupVirtioPort loads the modules the image lists and returns the device
+// of the agent's virtio port, or "" when the image has no modules (a
+// serial-only image).
+func setupVirtioPort() (string, error) {
+	b, err := os.ReadFile(moduleList)
+	if errors.Is(err, os.ErrNotExist) {
+		return "", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	mods := strings.Fields(string(b))
+	if len(mods) > maxModules {
+		return "", fmt.Errorf("%s lists %d modules, the limit is %d", moduleList, len(mods), maxModules)
+	}
+	for _, m := range mods {
+		if err := loadModule(m); err != nil {
+			return "", err
+		}
+	}
+	deadline := time.Now().Add(virtioPortWait)
+	for {
+		if dev := findVirtioPort(); dev != "" {
+			if _, err := os.Stat(dev); err == nil {
+				return dev, nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return "", fmt.Errorf("no virtio port named %s within %s (is the VM's virtserialport configured?)", virtioPortName, virtioPortWait)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func loadModule(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("module %s: %w", path, err)
+	}
+	defer f.Close()
+	if err := unix.FinitModule(int(f.Fd()), "", 0); err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("loading module %s: %w", path, err)
+	}
+	return nil
+}
+
+// findVirtioPort looks the port up by name in sysfs (there is no udev to
+// make /dev/virtio-ports links).
+func findVirtioPort() string {
+	names, _ := filepath.Glob("/sys/class/virtio-ports/*/name")
+	for _, n := range names {
+		b, err := os.ReadFile(n)
+		if err == nil && strings.TrimSpace(string(b)) == virtioPortName {
+			return "/dev/" + filepath.Base(filepath.Dir(n))
+		}
+	}
+	return ""
 }

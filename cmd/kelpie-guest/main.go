@@ -97,7 +97,7 @@ func runCommand(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "kelpie-guest: %v\n", err)
 		return 1
 	case *device != "":
-		f, err := openSerial(*device)
+		f, err := openChannel(*device)
 		if err != nil {
 			fmt.Fprintf(stderr, "kelpie-guest: %v\n", err)
 			return 1
@@ -125,15 +125,26 @@ func runCommand(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	}
 }
 
-// runInit is the agent as the VM's init process.
+// runInit is the agent as the VM's init process. It serves on the serial
+// port and, when the image carries the virtio modules, on a virtio-serial
+// port too; the host uses whichever answers (virtio is much faster).
 func runInit() {
 	setupInit()
-	port := portFromCmdline()
 	h := newHandler(true)
-	srv := &guest.Server{Handler: h, Logf: log.Printf}
+	if vport, err := setupVirtioPort(); err != nil {
+		log.Printf("virtio-serial channel unavailable, serving on the serial port only: %v", err)
+	} else if vport != "" {
+		go serveChannel(&guest.Server{Handler: h, Logf: log.Printf}, vport, false)
+	}
+	serveChannel(&guest.Server{Handler: h, Logf: log.Printf}, portFromCmdline(), true)
+}
+
+// serveChannel serves one channel until it fails maxPortFailures times in
+// a row; then, for the primary channel, it powers the VM off.
+func serveChannel(srv *guest.Server, port string, primary bool) {
 	failures := 0
 	for failures < maxPortFailures {
-		f, err := openSerial(port)
+		f, err := openChannel(port)
 		if err != nil {
 			failures++
 			log.Printf("opening %s (attempt %d of %d): %v", port, failures, maxPortFailures, err)
@@ -150,6 +161,10 @@ func runInit() {
 		failures++
 		log.Printf("%s: %v (failure %d of %d)", port, err, failures, maxPortFailures)
 		time.Sleep(portRetryDelay)
+	}
+	if !primary {
+		log.Printf("giving up on %s after %d failures", port, maxPortFailures)
+		return
 	}
 	log.Printf("giving up on %s after %d failures; powering off", port, maxPortFailures)
 	powerOff()

@@ -77,8 +77,39 @@ type Options struct {
 	// Busybox is a static busybox binary to include; "" means the first
 	// static one in BusyboxCandidates, if any; NoBusybox means none.
 	Busybox string
+	// Modules is a kernel's module directory (/lib/modules/RELEASE) to
+	// take VirtioModules from, giving the agent the fast virtio-serial
+	// channel; "" builds a serial-only image. The image then boots that
+	// kernel release only for virtio (other kernels fall back to serial).
+	Modules string
 	// Progress, when set, is told each step as it starts.
 	Progress func(step string)
+}
+
+// VirtioModules are the modules the agent loads for its virtio-serial
+// channel (distribution kernels build virtio as modules); their
+// dependencies come from modules.dep.
+var VirtioModules = []string{"virtio_pci", "virtio_console"}
+
+// ModuleListPath is where the image lists the modules to load, in order,
+// one path per line; the agent reads it at boot.
+const ModuleListPath = "etc/kelpie/modules"
+
+// maxModuleBytes bounds one kernel module put into the image.
+const maxModuleBytes = 16 << 20
+
+// ModulesDirFor returns the module directory matching a kernel image named
+// like Debian's (/boot/vmlinuz-RELEASE), or "" if there is none.
+func ModulesDirFor(kernel string) string {
+	rel, ok := strings.CutPrefix(filepath.Base(kernel), "vmlinuz-")
+	if !ok || rel == "" {
+		return ""
+	}
+	dir := filepath.Join("/lib/modules", rel)
+	if _, err := os.Stat(filepath.Join(dir, "modules.dep")); err != nil {
+		return ""
+	}
+	return dir
 }
 
 // Result describes a built image.
@@ -95,6 +126,8 @@ type Result struct {
 	// Busybox is the busybox included ("" for none) and Applets its links.
 	Busybox string
 	Applets int
+	// Modules lists the kernel modules included, in load order.
+	Modules []string
 }
 
 // DefaultPath is where `kelpie vm image build` writes and the QEMU backend
@@ -158,6 +191,14 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 		}
 	}
 
+	var mods []module
+	if opts.Modules != "" {
+		progress("adding virtio modules from " + opts.Modules)
+		if mods, err = loadModules(opts.Modules, VirtioModules); err != nil {
+			return nil, err
+		}
+	}
+
 	progress("writing " + opts.Output)
 	if err := os.MkdirAll(filepath.Dir(opts.Output), 0o755); err != nil {
 		return nil, err
@@ -169,7 +210,7 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 	defer os.Remove(tmp.Name()) // after the rename this removes nothing
 	h := sha256.New()
 	bw := bufio.NewWriter(io.MultiWriter(tmp, h))
-	entries, err := writeImage(bw, guestBin, busybox, applets)
+	entries, err := writeImage(bw, guestBin, busybox, applets, mods)
 	if err == nil {
 		err = bw.Flush()
 	}
@@ -189,14 +230,18 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Result{
+	res := &Result{
 		Path: opts.Output, Bytes: fi.Size(), SHA256: hex.EncodeToString(h.Sum(nil)), Entries: entries,
 		GuestBytes: len(guestBin), Busybox: bbPath, Applets: len(applets),
-	}, nil
+	}
+	for _, m := range mods {
+		res.Modules = append(res.Modules, m.path)
+	}
+	return res, nil
 }
 
 // writeImage writes the gzipped archive and returns its entry count.
-func writeImage(w io.Writer, guestBin, busybox []byte, applets []string) (int, error) {
+func writeImage(w io.Writer, guestBin, busybox []byte, applets []string, mods []module) (int, error) {
 	// A zero gzip header (no name, no time) keeps builds reproducible.
 	zw, err := gzip.NewWriterLevel(w, gzip.BestCompression)
 	if err != nil {
@@ -255,10 +300,123 @@ func writeImage(w io.Writer, guestBin, busybox []byte, applets []string) (int, e
 			}
 		}
 	}
+	if len(mods) > 0 {
+		dirs := map[string]bool{}
+		var list strings.Builder
+		for _, m := range mods {
+			for _, d := range parents(m.path) {
+				if !dirs[d] {
+					dirs[d] = true
+					if err := add(cw.Dir(d, 0o755)); err != nil {
+						return n, err
+					}
+				}
+			}
+			if err := add(cw.File(m.path, 0o644, m.data)); err != nil {
+				return n, err
+			}
+			list.WriteString("/" + m.path + "\n")
+		}
+		if err := add(cw.Dir("etc/kelpie", 0o755)); err != nil {
+			return n, err
+		}
+		if err := add(cw.File(ModuleListPath, 0o644, []byte(list.String()))); err != nil {
+			return n, err
+		}
+	}
 	if err := cw.Close(); err != nil {
 		return n, err
 	}
 	return n, zw.Close()
+}
+
+// parents lists the directories above an archive path, outermost first.
+func parents(p string) []string {
+	var out []string
+	for d := filepath.Dir(p); d != "." && d != "/"; d = filepath.Dir(d) {
+		out = append([]string{d}, out...)
+	}
+	return out
+}
+
+// module is a kernel module for the image: its archive path
+// (lib/modules/RELEASE/kernel/...) and contents.
+type module struct {
+	path string
+	data []byte
+}
+
+// loadModules resolves wanted modules and their dependencies from
+// modules.dep in dir, in load order (dependencies first).
+func loadModules(dir string, wanted []string) ([]module, error) {
+	depFile := filepath.Join(dir, "modules.dep")
+	b, err := os.ReadFile(depFile)
+	if err != nil {
+		return nil, fmt.Errorf("image: kernel modules: %w", err)
+	}
+	deps := map[string][]string{}
+	byName := map[string]string{}
+	for _, line := range strings.Split(string(b), "\n") {
+		mod, rest, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		deps[mod] = strings.Fields(rest)
+		name := strings.TrimSuffix(filepath.Base(mod), ".ko")
+		byName[strings.ReplaceAll(name, "-", "_")] = mod
+	}
+	var order []string
+	seen := map[string]bool{}
+	var visit func(m string, depth int) error
+	visit = func(m string, depth int) error {
+		if seen[m] {
+			return nil
+		}
+		if depth > len(deps) {
+			return fmt.Errorf("image: %s: dependency cycle at %s", depFile, m)
+		}
+		seen[m] = true
+		ds := deps[m]
+		// modules.dep lists the whole closure, nearest first: load the
+		// farthest first.
+		for i := len(ds) - 1; i >= 0; i-- {
+			if err := visit(ds[i], depth+1); err != nil {
+				return err
+			}
+		}
+		order = append(order, m)
+		return nil
+	}
+	for _, w := range wanted {
+		m, ok := byName[w]
+		if !ok {
+			return nil, fmt.Errorf("image: module %s is not in %s (built into this kernel, or another kernel's directory?)", w, depFile)
+		}
+		if err := visit(m, 0); err != nil {
+			return nil, err
+		}
+	}
+	rel := filepath.Base(dir)
+	var out []module
+	for _, m := range order {
+		if !strings.HasSuffix(m, ".ko") {
+			return nil, fmt.Errorf("image: module %s is compressed; the agent loads plain .ko files", m)
+		}
+		full := filepath.Join(dir, m)
+		fi, err := os.Stat(full)
+		if err != nil {
+			return nil, fmt.Errorf("image: kernel module: %w", err)
+		}
+		if fi.Size() > maxModuleBytes {
+			return nil, fmt.Errorf("image: module %s is %d bytes, the limit is %d", full, fi.Size(), maxModuleBytes)
+		}
+		data, err := os.ReadFile(full)
+		if err != nil {
+			return nil, fmt.Errorf("image: kernel module: %w", err)
+		}
+		out = append(out, module{path: filepath.ToSlash(filepath.Join("lib/modules", rel, m)), data: data})
+	}
+	return out, nil
 }
 
 // BuildGuest builds the guest agent from the kelpie module that contains

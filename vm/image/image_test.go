@@ -286,3 +286,59 @@ func TestBuildErrors(t *testing.T) {
 		t.Fatalf("no source: %v", err)
 	}
 }
+
+func TestModulesInLoadOrder(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "6.1.0-test")
+	dep := `kernel/drivers/virtio/virtio.ko: kernel/drivers/virtio/virtio_ring.ko
+kernel/drivers/virtio/virtio_ring.ko:
+kernel/drivers/virtio/virtio_pci.ko: kernel/drivers/virtio/virtio_pci_legacy_dev.ko kernel/drivers/virtio/virtio_pci_modern_dev.ko kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko
+kernel/drivers/virtio/virtio_pci_legacy_dev.ko:
+kernel/drivers/virtio/virtio_pci_modern_dev.ko:
+kernel/drivers/char/virtio_console.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko
+kernel/drivers/net/unrelated.ko:
+`
+	os.MkdirAll(filepath.Join(dir, "kernel/drivers/virtio"), 0o755)
+	os.MkdirAll(filepath.Join(dir, "kernel/drivers/char"), 0o755)
+	os.WriteFile(filepath.Join(dir, "modules.dep"), []byte(dep), 0o644)
+	for _, line := range strings.Split(dep, "\n") {
+		if m, _, ok := strings.Cut(line, ":"); ok {
+			os.MkdirAll(filepath.Dir(filepath.Join(dir, m)), 0o755)
+			os.WriteFile(filepath.Join(dir, m), []byte("module "+m), 0o644)
+		}
+	}
+	mods, err := loadModules(dir, VirtioModules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, m := range mods {
+		names = append(names, strings.TrimSuffix(filepath.Base(m.path), ".ko"))
+		if !strings.HasPrefix(m.path, "lib/modules/6.1.0-test/kernel/") || string(m.data) != "module "+strings.TrimPrefix(m.path, "lib/modules/6.1.0-test/") {
+			t.Fatalf("module %s: %q", m.path, m.data)
+		}
+	}
+	want := "virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_console"
+	if strings.Join(names, " ") != want {
+		t.Fatalf("load order %q, want %q", names, want)
+	}
+	if _, err := loadModules(dir, []string{"nope"}); err == nil || !strings.Contains(err.Error(), "module nope is not in") {
+		t.Fatalf("missing module: %v", err)
+	}
+	// And they land in the image with the list the agent reads.
+	var buf bytes.Buffer
+	if _, err := writeImage(&buf, []byte("agent"), nil, nil, mods); err != nil {
+		t.Fatal(err)
+	}
+	zr, _ := gzip.NewReader(&buf)
+	raw, _ := io.ReadAll(zr)
+	for _, e := range parseNewc(t, raw) {
+		if e.name == ModuleListPath {
+			lines := strings.Fields(string(e.data))
+			if len(lines) != 6 || lines[0] != "/lib/modules/6.1.0-test/kernel/drivers/virtio/virtio_ring.ko" {
+				t.Fatalf("module list %q", e.data)
+			}
+			return
+		}
+	}
+	t.Fatal("the image has no module list")
+}

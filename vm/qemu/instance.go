@@ -56,6 +56,8 @@ type Info struct {
 	// RunDir holds the VM's sockets; ConsoleLog is the kernel console.
 	RunDir     string
 	ConsoleLog string
+	// Channel is the agent channel in use: ChannelVirtio or ChannelSerial.
+	Channel string
 	// Agent, Protocol and GuestKernel come from the guest agent's handshake.
 	Agent       string
 	Protocol    int
@@ -92,6 +94,8 @@ type process struct {
 func (p *process) console() string { return filepath.Join(p.dir, "console.log") }
 
 func (p *process) agentSocket() string { return filepath.Join(p.dir, "agent.sock") }
+
+func (p *process) virtioSocket() string { return filepath.Join(p.dir, "vagent.sock") }
 
 func (p *process) qmpSocket() string { return filepath.Join(p.dir, "qmp.sock") }
 
@@ -220,6 +224,10 @@ func (v *VM) start(ctx context.Context, accel Accel, incoming bool) (*process, e
 		"-serial", "chardev:console",
 		"-chardev", "socket,id=agent,path=" + p.agentSocket() + ",server=on,wait=off",
 		"-serial", "chardev:agent",
+		// The fast channel, used when the guest loads the virtio modules.
+		"-device", "virtio-serial-pci,id=vser",
+		"-chardev", "socket,id=vagent,path=" + p.virtioSocket() + ",server=on,wait=off",
+		"-device", "virtserialport,bus=vser.0,chardev=vagent,name=org.kelpie.agent",
 		"-qmp", "unix:" + p.qmpSocket() + ",server=on,wait=off",
 	}
 	if incoming {
@@ -311,35 +319,77 @@ func (p *process) quit() error {
 	return nil
 }
 
-// connectAgent dials the agent's socket and waits for its handshake.
-func (v *VM) connectAgent(ctx context.Context, p *process) (*guest.Client, *guest.HelloReply, error) {
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "unix", p.agentSocket())
-	if err != nil {
-		return nil, nil, fmt.Errorf("qemu: agent socket: %w", err)
-	}
-	c := guest.NewClient(conn)
+// Agent channels, fastest first.
+const (
+	ChannelVirtio = "virtio-serial"
+	ChannelSerial = "serial"
+)
+
+// connectAgent waits for the agent's handshake on both channels and keeps
+// the first that answers: the virtio-serial port when the image has the
+// virtio modules, the serial port otherwise.
+func (v *VM) connectAgent(ctx context.Context, p *process) (*guest.Client, *guest.HelloReply, string, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	type result struct {
-		h   *guest.HelloReply
-		err error
+		channel string
+		c       *guest.Client
+		h       *guest.HelloReply
+		err     error
 	}
-	done := make(chan result, 1)
-	go func() {
-		h, err := c.WaitReady(ctx, agentAttempt)
-		done <- result{h, err}
-	}()
-	select {
-	case r := <-done:
-		if r.err != nil {
-			c.Close()
-			return nil, nil, r.err
+	channels := []struct{ name, sock string }{{ChannelVirtio, p.virtioSocket()}, {ChannelSerial, p.agentSocket()}}
+	results := make(chan result, len(channels))
+	for _, ch := range channels {
+		go func() {
+			var d net.Dialer
+			conn, err := d.DialContext(ctx, "unix", ch.sock)
+			if err != nil {
+				results <- result{channel: ch.name, err: fmt.Errorf("%s socket: %w", ch.name, err)}
+				return
+			}
+			c := guest.NewClient(conn)
+			h, err := c.WaitReady(ctx, agentAttempt)
+			if err != nil {
+				c.Close()
+				results <- result{channel: ch.name, err: err}
+				return
+			}
+			results <- result{channel: ch.name, c: c, h: h}
+		}()
+	}
+	var winner *result
+	var errs []string
+	for received := 0; received < len(channels); {
+		var r result
+		select {
+		case r = <-results:
+			received++
+		case <-p.exited:
+			cancel()
+			for ; received < len(channels); received++ {
+				if r := <-results; r.c != nil {
+					r.c.Close()
+				}
+			}
+			if winner != nil {
+				winner.c.Close()
+			}
+			return nil, nil, "", errors.New("qemu exited before the guest agent answered")
 		}
-		return c, r.h, nil
-	case <-p.exited:
-		c.Close()
-		<-done
-		return nil, nil, errors.New("qemu exited before the guest agent answered")
+		switch {
+		case r.err != nil:
+			errs = append(errs, fmt.Sprintf("%s: %v", r.channel, r.err))
+		case winner == nil:
+			winner = &r
+			cancel() // the other channel stops trying
+		default:
+			r.c.Close()
+		}
 	}
+	if winner == nil {
+		return nil, nil, "", errors.New(strings.Join(errs, "; "))
+	}
+	return winner.c, winner.h, winner.channel, nil
 }
 
 // install makes p the VM's process and starts watching it for a crash.
@@ -384,16 +434,17 @@ func (v *VM) Boot(ctx context.Context) error {
 				limit = min(timeout, v.b.opts.KVMProbeTimeout)
 			}
 			began := time.Now()
-			c, h, p, err := v.bootWith(ctx, accel, limit)
+			c, h, channel, p, err := v.bootWith(ctx, accel, limit)
 			if err == nil {
 				v.install(p, c)
 				v.mu.Lock()
 				v.hello = fromHello(h)
+				v.info.Channel = channel
 				v.info.AccelNote = note
 				v.info.Agent, v.info.Protocol, v.info.GuestKernel = h.Agent, h.Version, h.Kernel
 				v.info.BootTime = time.Since(began)
 				v.mu.Unlock()
-				v.b.progress(v.id, "guest agent ready (%s, accelerator %s) after %s", h.Agent, accel, time.Since(began).Round(time.Millisecond))
+				v.b.progress(v.id, "guest agent ready (%s over %s, accelerator %s) after %s", h.Agent, channel, accel, time.Since(began).Round(time.Millisecond))
 				return nil
 			}
 			failures = append(failures, err.Error())
@@ -413,24 +464,24 @@ func (v *VM) Boot(ctx context.Context) error {
 }
 
 // bootWith makes one boot attempt under accel, bounded by limit.
-func (v *VM) bootWith(ctx context.Context, accel Accel, limit time.Duration) (*guest.Client, *guest.HelloReply, *process, error) {
+func (v *VM) bootWith(ctx context.Context, accel Accel, limit time.Duration) (*guest.Client, *guest.HelloReply, string, *process, error) {
 	actx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
 	p, err := v.start(actx, accel, false)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, "", nil, err
 	}
 	v.b.progress(v.id, "waiting for the guest agent (accelerator %s, up to %s)", accel, limit)
-	c, h, err := v.connectAgent(actx, p)
+	c, h, channel, err := v.connectAgent(actx, p)
 	if err != nil {
 		diag := p.diagnostics()
 		p.kill()
-		if actx.Err() != nil && ctx.Err() == nil || errors.Is(err, context.DeadlineExceeded) {
-			return nil, nil, nil, fmt.Errorf("qemu boot with accelerator %s did not reach the guest agent within %s (%s)", accel, limit, diag)
+		if actx.Err() != nil {
+			return nil, nil, "", nil, fmt.Errorf("qemu boot with accelerator %s did not reach the guest agent within %s (%s)", accel, limit, diag)
 		}
-		return nil, nil, nil, fmt.Errorf("qemu boot with accelerator %s: %v (%s)", accel, err, diag)
+		return nil, nil, "", nil, fmt.Errorf("qemu boot with accelerator %s: %v (%s)", accel, err, diag)
 	}
-	return c, h, p, nil
+	return c, h, channel, p, nil
 }
 
 // current returns the VM's process and agent.
@@ -490,12 +541,13 @@ func (v *VM) Resume(ctx context.Context) error {
 			return nil
 		}
 		// A restored VM: its agent is running again; open a session.
-		c, h, err := v.connectAgent(ctx, p)
+		c, h, channel, err := v.connectAgent(ctx, p)
 		if err != nil {
 			return fmt.Errorf("%w: the restored guest agent did not answer: %v (%s)", vm.ErrResumeTimeout, err, p.diagnostics())
 		}
 		v.mu.Lock()
 		v.agent = c
+		v.info.Channel = channel
 		v.hello = fromHello(h)
 		v.info.Agent, v.info.Protocol, v.info.GuestKernel = h.Agent, h.Version, h.Kernel
 		v.mu.Unlock()

@@ -88,7 +88,7 @@ func integration(t testing.TB) testEnv {
 			env.skip = err.Error()
 			return
 		}
-		res, err := image.Build(context.Background(), image.Options{Output: filepath.Join(envDir, "initramfs.cpio.gz"), SourceDir: "."})
+		res, err := image.Build(context.Background(), image.Options{Output: filepath.Join(envDir, "initramfs.cpio.gz"), SourceDir: ".", Modules: image.ModulesDirFor(k)})
 		if err != nil {
 			env.skip = "building the image: " + err.Error()
 			return
@@ -161,9 +161,9 @@ func TestIntegrationBootExecSnapshotRestore(t *testing.T) {
 		t.Fatalf("boot: %v", err)
 	}
 	info := src.Info()
-	t.Logf("booted %s: qemu %s, accelerator %s (%s), agent %q protocol %d, guest kernel %s, pid %d, boot %s",
-		info.ID, info.QEMUVersion, info.Accel, info.AccelNote, info.Agent, info.Protocol, info.GuestKernel, info.PID, info.BootTime.Round(time.Millisecond))
-	if info.Accel == "" || info.Protocol != 1 || !strings.HasPrefix(info.Agent, "kelpie-guest") {
+	t.Logf("booted %s: qemu %s, accelerator %s (%s), agent %q protocol %d over %s, guest kernel %s, pid %d, boot %s",
+		info.ID, info.QEMUVersion, info.Accel, info.AccelNote, info.Agent, info.Protocol, info.Channel, info.GuestKernel, info.PID, info.BootTime.Round(time.Millisecond))
+	if info.Accel == "" || info.Protocol != 1 || !strings.HasPrefix(info.Agent, "kelpie-guest") || info.Channel != ChannelVirtio {
 		t.Fatalf("info %+v", info)
 	}
 
@@ -227,7 +227,7 @@ i=0; while [ "$(cut -d' ' -f6 /proc/$pid/stat)" != "$pid" ] && [ $i -lt 500 ]; d
 		t.Fatalf("resume: %v", err)
 	}
 	dinfo := dst.Info()
-	t.Logf("restored into %s: new qemu pid %d (source was %d), accelerator %s, restore+resume %s", dinfo.ID, dinfo.PID, srcPID, dinfo.Accel, time.Since(began).Round(time.Millisecond))
+	t.Logf("restored into %s: new qemu pid %d (source was %d), accelerator %s, agent over %s, restore+resume %s", dinfo.ID, dinfo.PID, srcPID, dinfo.Accel, dinfo.Channel, time.Since(began).Round(time.Millisecond))
 	if dinfo.PID == srcPID || dinfo.PID == 0 {
 		t.Fatalf("restore did not run a new QEMU process (pid %d)", dinfo.PID)
 	}
@@ -406,5 +406,37 @@ func TestRestoreRefusesOtherImage(t *testing.T) {
 	err = dst.Restore(ctx, blob)
 	if err == nil || !strings.Contains(err.Error(), "initramfs with SHA-256") || dst.State() != vm.StateCreated {
 		t.Fatalf("restore onto another initramfs: %v (state %s)", err, dst.State())
+	}
+}
+
+// TestSerialOnlyImage: an image without the virtio modules (a kernel whose
+// modules are not at hand) still works, over the serial port.
+func TestSerialOnlyImage(t *testing.T) {
+	e := integration(t)
+	res, err := image.Build(context.Background(), image.Options{Output: filepath.Join(t.TempDir(), "serial.cpio.gz"), SourceDir: "."})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Modules) != 0 {
+		t.Fatalf("image built without Modules has %q", res.Modules)
+	}
+	b := newBackend(t, e.accel)
+	cfg := e.config()
+	cfg.Initrd = res.Path
+	v, err := b.NewVM(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopAtEnd(t, v)
+	ctx := ctxFor(t, 3*time.Minute)
+	if err := v.Boot(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if ch := v.Info().Channel; ch != ChannelSerial {
+		t.Fatalf("channel %q, want %q", ch, ChannelSerial)
+	}
+	r, err := v.Exec(ctx, sh("echo over the serial port"))
+	if err != nil || string(r.Stdout) != "over the serial port\n" {
+		t.Fatalf("exec: %+v %v", r, err)
 	}
 }

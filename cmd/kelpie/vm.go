@@ -116,8 +116,22 @@ func vmImageBuild(args []string, stdout, stderr io.Writer) int {
 	guestBin := fl.String("guest", "", "a prebuilt static kelpie-guest binary (default: go build it from -src)")
 	src := fl.String("src", "", "a directory inside the kelpie source tree (default: the current directory)")
 	busybox := fl.String("busybox", "", `a static busybox to include ("" finds one, "none" leaves it out)`)
+	kernel := fl.String("kernel", "", "the kernel the image will boot, whose virtio modules it carries (default: Debian's cloud kernel in /boot)")
+	modules := fl.String("modules", "", `the kernel's module directory ("" derives it from -kernel, "none" builds a serial-only image)`)
 	if err := fl.Parse(args); err != nil {
 		return 2
+	}
+	switch *modules {
+	case "none":
+		*modules = ""
+	case "":
+		k := *kernel
+		if k == "" {
+			k, _ = qemu.DiscoverKernel()
+		}
+		if k != "" {
+			*modules = image.ModulesDirFor(k)
+		}
 	}
 	if fl.NArg() > 0 {
 		fmt.Fprintf(stderr, "kelpie vm image build: unexpected arguments %q\n", fl.Args())
@@ -129,7 +143,7 @@ func vmImageBuild(args []string, stdout, stderr io.Writer) int {
 	}
 	pr := newVMProgress(stderr)
 	res, err := image.Build(context.Background(), image.Options{
-		Output: *out, GuestBinary: *guestBin, SourceDir: *src, Busybox: *busybox,
+		Output: *out, GuestBinary: *guestBin, SourceDir: *src, Busybox: *busybox, Modules: *modules,
 		Progress: func(s string) { pr.step("%s", s) },
 	})
 	if err != nil {
@@ -140,9 +154,13 @@ func vmImageBuild(args []string, stdout, stderr io.Writer) int {
 	if res.Busybox != "" {
 		bb = fmt.Sprintf("busybox from %s with %d applets", res.Busybox, res.Applets)
 	}
+	ch := "serial port only (no kernel modules found; give -kernel or -modules for the faster virtio-serial channel)"
+	if len(res.Modules) > 0 {
+		ch = fmt.Sprintf("virtio-serial channel (%d modules from %s) and the serial port", len(res.Modules), *modules)
+	}
 	pr.step("done")
-	fmt.Fprintf(stdout, "%s\n  %d bytes, sha256 %s\n  %d entries: guest agent (%d bytes) as /init, %s\n",
-		res.Path, res.Bytes, res.SHA256, res.Entries, res.GuestBytes, bb)
+	fmt.Fprintf(stdout, "%s\n  %d bytes, sha256 %s\n  %d entries: guest agent (%d bytes) as /init, %s\n  agent channels: %s\n",
+		res.Path, res.Bytes, res.SHA256, res.Entries, res.GuestBytes, bb, ch)
 	return 0
 }
 
@@ -268,8 +286,8 @@ func vmRun(args []string, snapFile string, stdout, stderr io.Writer) int {
 		}
 	}
 	info := v.Info()
-	pr.step("%s running: qemu %s, accelerator %s (%s), agent %s, guest kernel %s",
-		info.ID, info.QEMUVersion, info.Accel, info.AccelNote, info.Agent, info.GuestKernel)
+	pr.step("%s running: qemu %s, accelerator %s (%s), agent %s over %s, guest kernel %s",
+		info.ID, info.QEMUVersion, info.Accel, info.AccelNote, info.Agent, info.Channel, info.GuestKernel)
 	if accel == qemu.AccelAuto && info.Accel == qemu.AccelTCG && strings.Contains(info.AccelNote, "fell back") {
 		fmt.Fprintf(stderr, "hint: hardware acceleration does not work on this host; -accel tcg (or %s=tcg) skips the probe\n", vmAccelEnv)
 	}
@@ -384,8 +402,8 @@ func shell(ctx context.Context, v *qemu.VM, timeout time.Duration, pr *vmProgres
 
 func printInfo(w io.Writer, i qemu.Info, st vm.State) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "id\t%s\nstate\t%s\naccelerator\t%s (%s)\nqemu\t%s, machine %s, cpu %s, pid %d\nshape\t%d vCPU, %d MiB\nagent\t%s, protocol %d\nguest kernel\t%s\nconsole log\t%s\n",
-		i.ID, st, i.Accel, i.AccelNote, i.QEMUVersion, i.Machine, i.CPU, i.PID, i.VCPUs, i.MemoryMiB, i.Agent, i.Protocol, i.GuestKernel, i.ConsoleLog)
+	fmt.Fprintf(tw, "id\t%s\nstate\t%s\naccelerator\t%s (%s)\nqemu\t%s, machine %s, cpu %s, pid %d\nshape\t%d vCPU, %d MiB\nagent\t%s, protocol %d, over %s\nguest kernel\t%s\nconsole log\t%s\n",
+		i.ID, st, i.Accel, i.AccelNote, i.QEMUVersion, i.Machine, i.CPU, i.PID, i.VCPUs, i.MemoryMiB, i.Agent, i.Protocol, i.Channel, i.GuestKernel, i.ConsoleLog)
 	tw.Flush()
 }
 

@@ -70,13 +70,13 @@ func TestVMCommandEndToEnd(t *testing.T) {
 	}
 
 	code, out, errs := run("image", "build", "-o", img)
-	if code != 0 || !strings.Contains(out, "busybox from") || !strings.Contains(errs, "building the guest agent") {
+	if code != 0 || !strings.Contains(out, "busybox from") || !strings.Contains(out, "virtio-serial channel") || !strings.Contains(errs, "building the guest agent") {
 		t.Fatalf("image build: %d\n%s\n%s", code, out, errs)
 	}
 	common := []string{"-image", img, "-accel", "tcg", "-state", state}
 
 	code, out, errs = run(append(append([]string{"run"}, common...), "-c", "echo hi from $(hostname); exit 4")...)
-	if code != 4 || out != "hi from kelpie\n" || !strings.Contains(errs, "accelerator tcg (configured)") {
+	if code != 4 || out != "hi from kelpie\n" || !strings.Contains(errs, "accelerator tcg (configured)") || !strings.Contains(errs, "over virtio-serial") {
 		t.Fatalf("run -c: code %d\nstdout %q\nstderr %s", code, out, errs)
 	}
 

@@ -323,6 +323,10 @@ func (p *process) quit() error {
 const (
 	ChannelVirtio = "virtio-serial"
 	ChannelSerial = "serial"
+	// virtioPreference is how long, after the serial port answered, the
+	// virtio port may take to answer too and be preferred (80 times the
+	// throughput).
+	virtioPreference = time.Second
 )
 
 // connectAgent waits for the agent's handshake on both channels and keeps
@@ -359,11 +363,18 @@ func (v *VM) connectAgent(ctx context.Context, p *process) (*guest.Client, *gues
 	}
 	var winner *result
 	var errs []string
+	var grace <-chan time.Time
 	for received := 0; received < len(channels); {
 		var r result
 		select {
 		case r = <-results:
 			received++
+		case <-grace:
+			// The serial port answered and virtio did not follow: this
+			// image has no virtio modules.
+			grace = nil
+			cancel()
+			continue
 		case <-p.exited:
 			cancel()
 			for ; received < len(channels); received++ {
@@ -379,9 +390,16 @@ func (v *VM) connectAgent(ctx context.Context, p *process) (*guest.Client, *gues
 		switch {
 		case r.err != nil:
 			errs = append(errs, fmt.Sprintf("%s: %v", r.channel, r.err))
-		case winner == nil:
+		case r.channel == ChannelVirtio:
+			if winner != nil {
+				winner.c.Close()
+			}
 			winner = &r
-			cancel() // the other channel stops trying
+			cancel() // the serial attempt stops
+		case winner == nil:
+			// The agent serves both ports; give virtio a moment to answer too.
+			winner = &r
+			grace = time.After(virtioPreference)
 		default:
 			r.c.Close()
 		}

@@ -263,15 +263,14 @@ func TestConformance(t *testing.T) {
 	})
 }
 
-// TestBootDeadlineNamesTheAccelerator: an agent that never answers on the
-// backend's channel (here it is told to serve on the console port
-// instead) makes Boot fail at its deadline with an error naming the
-// accelerator, and the VM failed.
+// TestBootDeadlineNamesTheAccelerator: a guest whose agent never answers
+// (here init is busybox's sleep instead of the agent) makes Boot fail at
+// its deadline with an error naming the accelerator, and the VM failed.
 func TestBootDeadlineNamesTheAccelerator(t *testing.T) {
 	e := integration(t)
 	b := newBackend(t, e.accel)
 	cfg := e.config()
-	cfg.KernelCmdline = "kelpie.port=/dev/ttyS0"
+	cfg.KernelCmdline = "rdinit=/bin/sleep -- 3600"
 	cfg.BootTimeout = 5 * time.Second
 	v, err := b.NewVM(cfg)
 	if err != nil {

@@ -62,14 +62,8 @@ type activation struct {
 	actor Actor
 	state []byte // last committed state
 	m     meta   // this activation's epoch and the last commit sequence it saw
+	pc    pendingCommit
 }
-
-// turnError marks an error that aborted a turn before its commit: such a
-// turn certainly had no effect.
-type turnError struct{ err error }
-
-func (e *turnError) Error() string { return e.err.Error() }
-func (e *turnError) Unwrap() error { return e.err }
 
 func (a *activation) run() {
 	r := a.rt
@@ -193,107 +187,97 @@ func (a *activation) turn(req *request) (drop error) {
 	}
 	if err := a.rt.cfg.Placement.Check(a.lease); err != nil {
 		err = fmt.Errorf("actor %s: %w: %w; the invocation did not run", a.id, ErrLeaseLost, err)
+		a.closeSelf(err.Error())
 		req.reply <- result{err: err}
 		return err
 	}
 	out, err, drop := a.execute(req)
+	if drop != nil {
+		// Closed before the caller hears of it, so that the caller's next
+		// invocation reaches a fresh activation.
+		a.closeSelf(drop.Error())
+	}
 	req.reply <- result{out: out, err: err}
 	return drop
 }
 
-// execute runs the handler and commits, in one transaction.
+// execute runs the handler, then hands the turn to the group committer and
+// waits for its outcome.
 func (a *activation) execute(req *request) (out []byte, err error, drop error) {
 	r := a.rt
-	hctx, cancel := context.WithDeadline(req.ctx, req.deadline)
-	defer cancel()
-	var saved []byte
-	changed := false
-	attempts := 0
-	var version kv.Version
-	err = r.cfg.DB.Transact(r.ctx, func(tx kv.Tx) error {
-		attempts++
-		if attempts > 1 {
-			// A conflict retry: the previous attempt's handler may have
-			// changed the actor in memory.
-			if err := a.rebuild(); err != nil {
-				return &turnError{err}
-			}
-		}
-		mv, ok, err := tx.Get(a.keys.meta)
-		if err != nil {
-			return &turnError{fmt.Errorf("actor %s: read meta: %w", a.id, err)}
-		}
-		var stored meta
-		if ok {
-			if stored, err = decodeMeta(a.id, mv); err != nil {
-				return &turnError{err}
-			}
-		}
-		if err := checkCommit(a.id, a.m, stored, ok); err != nil {
-			return &turnError{err}
-		}
-		call := Call{ctx: hctx, id: a.id, method: req.method, payload: req.payload, tx: tx, keys: &a.keys}
+	hctx := &turnContext{parent: req.ctx, deadline: req.deadline}
+	defer hctx.release()
+	// Turns of one actor are serial, so one pendingCommit per activation
+	// serves them all.
+	if a.pc.done == nil {
+		a.pc.done = make(chan struct{}, 1)
+	}
+	p := &a.pc
+	*p = pendingCommit{a: a, mine: a.m, done: p.done}
+	err = func() error {
+		call := Call{ctx: hctx, id: a.id, method: req.method, payload: req.payload, db: r.cfg.DB, keys: &a.keys}
 		o, herr := a.actor.Receive(&call)
-		call.tx = nil
+		call.db = nil
 		if cerr := hctx.Err(); cerr != nil {
 			if errors.Is(cerr, context.DeadlineExceeded) {
-				return &turnError{fmt.Errorf("actor %s: %w: the deadline passed during the handler; rolled back", a.id, ErrTimeout)}
+				return fmt.Errorf("actor %s: %w: the deadline passed during the handler; rolled back", a.id, ErrTimeout)
 			}
-			return &turnError{fmt.Errorf("actor %s: %w during the handler; rolled back", a.id, cerr)}
+			return fmt.Errorf("actor %s: %w during the handler; rolled back", a.id, cerr)
 		}
 		if herr != nil {
-			return &turnError{fmt.Errorf("actor %s: %w: %w", a.id, ErrHandler, herr)}
+			return fmt.Errorf("actor %s: %w: %w", a.id, ErrHandler, herr)
 		}
 		s, serr := a.actor.Save()
 		if serr != nil {
-			return &turnError{fmt.Errorf("actor %s: %w: save state: %w", a.id, ErrHandler, serr)}
+			return fmt.Errorf("actor %s: %w: save state: %w", a.id, ErrHandler, serr)
 		}
-		changed = call.wrote || !bytes.Equal(s, a.state)
-		if changed {
-			if s == nil {
-				s = []byte{}
-			}
-			if err := tx.Set(a.keys.state, s); err != nil {
-				return &turnError{fmt.Errorf("actor %s: write state: %w", a.id, err)}
-			}
-			if err := tx.Set(a.keys.meta, a.m.next().encode()); err != nil {
-				return &turnError{fmt.Errorf("actor %s: write meta: %w", a.id, err)}
-			}
-			tx.OnCommit(func(v kv.Version) { version = v })
+		if err := kv.CheckValue(s); err != nil {
+			return fmt.Errorf("actor %s: state: %w", a.id, err)
 		}
-		out, saved = o, s
+		if s == nil {
+			s = []byte{}
+		}
+		// An actor that never committed and is still empty stores nothing.
+		p.changed = len(call.writes) > 0 || !bytes.Equal(s, a.state)
+		p.state, p.writes, p.bytes = s, call.writes, call.bytes
+		out = o
 		return nil
-	})
+	}()
 	if err == nil {
-		if changed {
-			a.state = saved
+		if n := p.mutationBytes(); n > kv.TransactionLimit {
+			err = &kv.LimitError{What: "transaction", Size: n, Limit: kv.TransactionLimit, Err: kv.ErrTransactionTooLarge}
+			err = fmt.Errorf("actor %s: %w", a.id, err)
+		}
+	}
+	if err != nil {
+		// The handler failed: nothing was submitted.
+		if rerr := a.rebuild(); rerr != nil {
+			drop = fmt.Errorf("actor %s: rebuild after a failed invocation: %w", a.id, rerr)
+		}
+		return nil, err, drop
+	}
+	r.submit(p)
+	if p.err == nil {
+		if p.changed {
+			a.state = p.state
 			a.m = a.m.next()
 			if r.cfg.Observer != nil {
-				r.cfg.Observer.Committed(a.id, a.m.epoch, a.m.seq, version)
+				r.cfg.Observer.Committed(a.id, a.m.epoch, a.m.seq, p.version)
 			}
 		}
 		return out, nil, nil
 	}
-	// Roll the in-memory actor back to the last committed state.
+	err = p.err
+	switch {
+	case errors.Is(err, ErrFenced), errors.Is(err, ErrOutcomeUnknown), errors.Is(err, kv.ErrCorrupt):
+		// Fenced, or the state in the store is no longer known: this
+		// activation is done; the next one reloads.
+		return nil, err, err
+	}
 	if rerr := a.rebuild(); rerr != nil {
 		drop = fmt.Errorf("actor %s: rebuild after a failed invocation: %w", a.id, rerr)
 	}
-	var te *turnError
-	switch {
-	case errors.As(err, &te):
-		if errors.Is(te.err, ErrFenced) {
-			drop = te.err
-		}
-		return nil, te.err, drop
-	case errors.Is(err, kv.ErrCommitFailed), errors.Is(err, kv.ErrRetryLimit):
-		// Nothing was applied; memory matches the store again.
-		return nil, fmt.Errorf("actor %s: commit: %w; rolled back", a.id, err), drop
-	default:
-		// The commit may or may not have been applied, so this activation
-		// no longer knows its state: drop it; the next one reloads.
-		err = fmt.Errorf("actor %s: %w: commit: %w", a.id, ErrOutcomeUnknown, err)
-		return nil, err, err
-	}
+	return nil, err, drop
 }
 
 // rebuild replaces the in-memory actor with a fresh one loaded from the last

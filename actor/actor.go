@@ -29,7 +29,6 @@
 package actor
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"time"
@@ -64,99 +63,6 @@ const (
 	// MaxPayloadBytes bounds an invocation's payload.
 	MaxPayloadBytes = kv.ValueLimit
 )
-
-// Call is one invocation as its handler sees it: the message, a context that
-// ends at the invocation's deadline, and the actor's own keys, read and
-// written in the invocation's transaction. A Call is valid only during
-// Receive.
-type Call struct {
-	ctx     context.Context
-	id      ID
-	method  string
-	payload []byte
-	tx      kv.Tx
-	keys    *keys
-	wrote   bool
-}
-
-// Context ends when the invocation's deadline passes or its caller gives up.
-func (c *Call) Context() context.Context { return c.ctx }
-
-// ID is the actor's ID.
-func (c *Call) ID() ID { return c.id }
-
-// Method is the invocation's method name.
-func (c *Call) Method() string { return c.method }
-
-// Payload is the invocation's payload; the handler must not keep it.
-func (c *Call) Payload() []byte { return c.payload }
-
-// MaxUserKeyBytes bounds a key an actor reads or writes through Call; the
-// runtime prefixes it with the actor's own space, and the result must fit
-// kv.KeyLimit.
-const MaxUserKeyBytes = kv.KeyLimit - len(keyPrefix) - MaxNamespaceBytes - MaxKeyBytes - 4
-
-func (c *Call) key(k []byte) ([]byte, error) {
-	if c.tx == nil {
-		return nil, fmt.Errorf("actor %s: Call used after its invocation ended", c.id)
-	}
-	if len(k) > MaxUserKeyBytes {
-		return nil, fmt.Errorf("actor %s: key is %d bytes, the limit is %d (actor.MaxUserKeyBytes): %w", c.id, len(k), MaxUserKeyBytes, kv.ErrKeyTooLarge)
-	}
-	full := make([]byte, 0, len(c.keys.data)+len(k))
-	return append(append(full, c.keys.data...), k...), nil
-}
-
-// Get reads one of the actor's keys, seeing this invocation's own writes.
-func (c *Call) Get(key []byte) ([]byte, bool, error) {
-	k, err := c.key(key)
-	if err != nil {
-		return nil, false, err
-	}
-	return c.tx.Get(k)
-}
-
-// Set writes one of the actor's keys; it commits with the invocation.
-func (c *Call) Set(key, value []byte) error {
-	k, err := c.key(key)
-	if err != nil {
-		return err
-	}
-	c.wrote = true
-	return c.tx.Set(k, value)
-}
-
-// Clear removes one of the actor's keys; it commits with the invocation.
-func (c *Call) Clear(key []byte) error {
-	k, err := c.key(key)
-	if err != nil {
-		return err
-	}
-	c.wrote = true
-	return c.tx.Clear(k)
-}
-
-// Scan returns the actor's keys that start with prefix, in order, at most
-// limit of them (0: no limit, still bounded by kv.RangeResultLimit bytes).
-// Returned keys are the actor's own, without the runtime's prefix.
-func (c *Call) Scan(prefix []byte, limit int) ([]kv.KeyValue, error) {
-	k, err := c.key(prefix)
-	if err != nil {
-		return nil, err
-	}
-	r, err := kv.PrefixRange(k)
-	if err != nil {
-		return nil, err
-	}
-	kvs, err := c.tx.GetRange(r, kv.RangeOptions{Limit: limit})
-	if err != nil {
-		return nil, err
-	}
-	for i := range kvs {
-		kvs[i].Key = kvs[i].Key[len(c.keys.data):]
-	}
-	return kvs, nil
-}
 
 // Errors Invoke returns; branch on them with errors.Is.
 var (

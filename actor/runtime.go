@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/kelpie-go/kelpie/actor/placement"
@@ -122,6 +123,18 @@ type Runtime struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
+	// commits feed the group committer (commit.go), which runs until
+	// stopCommitter is closed and then closes committerDone.
+	commits       chan *pendingCommit
+	stopCommitter chan struct{}
+	committerDone chan struct{}
+
+	requests sync.Pool // of *request
+
+	stats struct {
+		batches, turns atomic.Uint64
+	}
+
 	mu        sync.RWMutex
 	factories map[string]Factory
 	acts      map[ID]*activation
@@ -135,13 +148,18 @@ func New(cfg Config) (*Runtime, error) {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Runtime{
-		cfg:       cfg,
-		ctx:       ctx,
-		cancel:    cancel,
-		factories: map[string]Factory{},
-		acts:      map[ID]*activation{},
-	}, nil
+	r := &Runtime{
+		cfg:           cfg,
+		ctx:           ctx,
+		cancel:        cancel,
+		commits:       make(chan *pendingCommit, commitQueue),
+		stopCommitter: make(chan struct{}),
+		committerDone: make(chan struct{}),
+		factories:     map[string]Factory{},
+		acts:          map[ID]*activation{},
+	}
+	go r.committer()
+	return r, nil
 }
 
 // Config returns the runtime's configuration, defaults filled in.
@@ -191,12 +209,17 @@ func (r *Runtime) Invoke(ctx context.Context, id ID, method string, payload []by
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
 	}
-	req := &request{ctx: ctx, method: method, payload: payload, deadline: deadline, reply: make(chan result, 1)}
+	req := r.newRequest()
+	req.ctx, req.method, req.payload, req.deadline = ctx, method, payload, deadline
+	req.state.Store(reqQueued)
 	if err := r.enqueue(ctx, id, req); err != nil {
+		r.recycle(req)
 		return nil, err
 	}
 	select {
 	case res := <-req.reply:
+		// The actor is done with req once it has replied.
+		r.recycle(req)
 		return res.out, res.err
 	case <-ctx.Done():
 		if req.state.CompareAndSwap(reqQueued, reqAbandoned) {
@@ -358,6 +381,7 @@ func (r *Runtime) Close() error {
 	if r.closed {
 		r.mu.Unlock()
 		r.wg.Wait()
+		<-r.committerDone
 		return nil
 	}
 	r.closed = true
@@ -373,6 +397,9 @@ func (r *Runtime) Close() error {
 	}
 	r.mu.Unlock()
 	r.wg.Wait()
+	// No activation is left to submit a turn.
+	close(r.stopCommitter)
+	<-r.committerDone
 	r.cancel()
 	return nil
 }
@@ -383,4 +410,18 @@ func (r *Runtime) Close() error {
 func (r *Runtime) Abort() {
 	r.cancel()
 	_ = r.Close()
+}
+
+// Stats counts the runtime's group commits.
+type Stats struct {
+	// Batches is how many KV transactions the group committer ran.
+	Batches uint64
+	// Turns is how many turns they carried (read-only turns included: they
+	// are checked against the fence too).
+	Turns uint64
+}
+
+// Stats returns the runtime's counters.
+func (r *Runtime) Stats() Stats {
+	return Stats{Batches: r.stats.batches.Load(), Turns: r.stats.turns.Load()}
 }

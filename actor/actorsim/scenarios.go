@@ -35,7 +35,7 @@ var Scenarios = []sim.Scenario{
 	},
 	{
 		Name: "actor-flood",
-		Doc:  "40 clients flood one actor with an 8-slot mailbox; the excess is refused with backpressure, every accepted invocation commits, other actors stay reachable",
+		Doc:  "20 clients flood one actor with an 8-slot mailbox; the excess is refused with backpressure, every accepted invocation commits, other actors stay reachable",
 		Run:  runFlood,
 	},
 }
@@ -250,7 +250,7 @@ func (h *harness) requireEvent(name string, min int) error {
 func runCrash(s *sim.Simulation) error {
 	const (
 		actors = 12
-		load   = 6 * time.Second
+		load   = 3 * time.Second
 	)
 	f := s.Faults()
 	for _, k := range []sim.FaultKind{simkv.FaultReadError, simkv.FaultWriteError, simkv.FaultCommitError, simkv.FaultFsyncError} {
@@ -270,7 +270,7 @@ func runCrash(s *sim.Simulation) error {
 	r := s.Rand("actor/crasher")
 	kills := 0
 	for start := time.Now(); time.Since(start) < load; kills++ {
-		time.Sleep(r.Duration(300*time.Millisecond, 1500*time.Millisecond))
+		time.Sleep(r.Duration(200*time.Millisecond, 600*time.Millisecond))
 		if kills%2 == 1 {
 			// Every other kill lands while a commit is between its write
 			// and its fsync, where kv.torn_write can tear it.
@@ -311,7 +311,7 @@ func runCrash(s *sim.Simulation) error {
 func runFencing(s *sim.Simulation) error {
 	const (
 		actors = 6
-		load   = 8 * time.Second
+		load   = 4 * time.Second
 		ttl    = time.Second
 	)
 	f := s.Faults()
@@ -384,7 +384,7 @@ func runFencing(s *sim.Simulation) error {
 	wg := h.clients(6, actors, nodes, "add", 20*time.Millisecond, stop)
 	r := s.Rand("actor/crasher")
 	for start := time.Now(); time.Since(start) < load; {
-		time.Sleep(r.Duration(500*time.Millisecond, 2*time.Second))
+		time.Sleep(r.Duration(300*time.Millisecond, time.Second))
 		victim := ns[nodes[r.IntN(len(nodes))]]
 		if err := restart(victim); err != nil {
 			close(stop)
@@ -446,7 +446,7 @@ func runIdle(s *sim.Simulation) error {
 	const (
 		actors    = 15
 		maxActive = 5
-		load      = 10 * time.Second
+		load      = 5 * time.Second
 	)
 	s.Faults().MustInject(sim.Fault{Kind: simkv.FaultLatency, P: 0.1, Delay: 5 * time.Millisecond})
 	h := newHarness(s, true)
@@ -503,8 +503,8 @@ func runIdle(s *sim.Simulation) error {
 
 func runFlood(s *sim.Simulation) error {
 	const (
-		clients = 40
-		load    = 2 * time.Second
+		clients = 20
+		load    = time.Second
 	)
 	h := newHarness(s, true)
 	cfg := actor.Config{MailboxSize: 8, IdleTimeout: time.Minute, MaxActive: 16, InvocationTimeout: 5 * time.Second}

@@ -100,6 +100,25 @@ func BenchmarkWriteFile(b *testing.B) {
 	})
 }
 
+// BenchmarkReadFile measures the guest-to-host direction with 1 MiB files.
+func BenchmarkReadFile(b *testing.B) {
+	e, be := benchBackend(b)
+	v := bootedVM(b, e, be)
+	data := bytes.Repeat([]byte("kelpie-0123456789"), (1<<20)/17+1)[:1<<20]
+	if err := v.WriteFile(context.Background(), "/tmp/bench.bin", data, 0o644); err != nil {
+		b.Fatal(err)
+	}
+	b.Run(string(e.accel), func(b *testing.B) {
+		b.SetBytes(int64(len(data)))
+		for b.Loop() {
+			got, err := v.ReadFile(context.Background(), "/tmp/bench.bin")
+			if err != nil || len(got) != len(data) {
+				b.Fatalf("%d bytes, %v", len(got), err)
+			}
+		}
+	})
+}
+
 // BenchmarkSnapshot measures Snapshot of a paused, booted guest and reports
 // the blob size.
 func BenchmarkSnapshot(b *testing.B) {

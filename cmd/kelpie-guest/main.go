@@ -4,10 +4,12 @@
 // in the initramfs that `kelpie vm image build` produces: it mounts what
 // processes need (/proc, /sys, /dev, /dev/pts, /tmp, /run), reaps orphaned
 // processes as init must, and serves the vm/guest protocol (exec, file
-// read/write/list, ping) on a serial port the host reaches through the
-// hypervisor. It never exits on a bad request; if its channel fails
-// repeatedly it powers the VM off, so the host sees a dead VM rather than a
-// silent one.
+// read/write/list, ping) on the channels the host reaches through the
+// hypervisor: the second serial port (kelpie.port= on the kernel command
+// line overrides it), and a virtio-serial port named org.kelpie.agent when
+// the image carries the kernel's virtio modules, which it loads first. It
+// never exits on a bad request; if its serial channel fails repeatedly it
+// powers the VM off, so the host sees a dead VM rather than a silent one.
 //
 // Outside a VM it serves the same protocol on a unix socket or on
 // stdin/stdout, which is how its tests and a developer drive it:

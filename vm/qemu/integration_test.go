@@ -177,6 +177,32 @@ func TestIntegrationBootExecSnapshotRestore(t *testing.T) {
 		t.Fatalf("exec in the guest: %+v", res)
 	}
 
+	// Several requests at once: each command waits until all have started,
+	// so an agent that ran them one by one would time every one out.
+	const n = 4
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req := sh(fmt.Sprintf(`mkdir -p /tmp/barrier; touch /tmp/barrier/%d; while [ $(ls /tmp/barrier | wc -l) -lt %d ]; do sleep 0.05; done; echo %d`, i, n, i))
+			req.Timeout = time.Minute
+			r, err := src.Exec(ctx, req)
+			if err == nil && string(r.Stdout) != fmt.Sprintf("%d\n", i) {
+				err = fmt.Errorf("stdout %q", r.Stdout)
+			}
+			errs[i] = err
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("concurrent exec %d: %v", i, err)
+		}
+	}
+	t.Logf("%d concurrent execs met at a barrier inside the guest", n)
+
 	const path = "/root/teleport/hello.txt"
 	content := []byte("written before the snapshot at " + time.Now().UTC().Format(time.RFC3339Nano))
 	if err := src.WriteFile(ctx, path, content, 0o640); err != nil {

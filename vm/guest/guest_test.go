@@ -678,3 +678,59 @@ func FuzzFrameReader(f *testing.F) {
 		t.Fatal("reader did not reach the end of its input")
 	})
 }
+
+// FuzzServerPayloads sends arbitrary frame payloads to a Server; whatever
+// they are, the server must answer a ping that follows them.
+func FuzzServerPayloads(f *testing.F) {
+	f.Add([]byte(`{"session":1,"id":2,"kind":"exec","body":{"argv":["echo","x"]}}`))
+	f.Add([]byte(`{"session":1,"id":2,"kind":"write","body":{"path":"/a","data":"AAAA","mode":4095}}`))
+	f.Add([]byte(`{"session":1,"id":3,"kind":"cancel","body":{"id":2}}`))
+	f.Add([]byte(`{"kind":"hello","body":{"protocol":"kelpie-guest","min_version":-1,"max_version":99}}`))
+	f.Add([]byte(`[1,2,3]`))
+	f.Fuzz(func(t *testing.T, payload []byte) {
+		host, g := net.Pipe()
+		defer host.Close()
+		defer g.Close()
+		go (&Server{Handler: newMemHandler()}).Serve(context.Background(), g)
+		p := &rawPeer{t: t, conn: host, in: make(chan envelope, 64)}
+		go func() {
+			fr := NewFrameReader(host, MaxFrameBytes)
+			for {
+				b, err := fr.ReadFrame()
+				var fe *FrameError
+				if errors.As(err, &fe) {
+					continue
+				}
+				if err != nil {
+					close(p.in)
+					return
+				}
+				var e envelope
+				if json.Unmarshal(b, &e) == nil {
+					p.in <- e
+				}
+			}
+		}()
+		go func() {
+			p.conn.Write(p.frame(payload))
+			p.conn.Write(p.request(77, 1, KindHello, &Hello{Protocol: ProtocolName, MinVersion: 1, MaxVersion: 1}))
+			p.conn.Write(p.request(77, 999999, KindPing, struct{}{}))
+		}()
+		for {
+			select {
+			case e, ok := <-p.in:
+				if !ok {
+					t.Fatal("the server closed the connection")
+				}
+				if e.Session == 77 && e.ID == 999999 {
+					if e.Error != "" {
+						t.Fatalf("ping after the payload: %+v", e)
+					}
+					return
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("no answer to the ping after the payload")
+			}
+		}
+	})
+}

@@ -119,69 +119,88 @@ func BenchmarkReadFile(b *testing.B) {
 	})
 }
 
+// snapshotModes are the blob encodings benchmarked: the default gzip and
+// the raw stream.
+var snapshotModes = []struct {
+	name string
+	raw  bool
+}{{"gzip", false}, {"raw", true}}
+
 // BenchmarkSnapshot measures Snapshot of a paused, booted guest and reports
 // the blob size.
 func BenchmarkSnapshot(b *testing.B) {
-	e, be := benchBackend(b)
-	v := bootedVM(b, e, be)
-	ctx := context.Background()
-	b.Run(string(e.accel), func(b *testing.B) {
-		var size int
-		for b.Loop() {
-			b.StopTimer()
-			if err := v.Pause(ctx); err != nil {
-				b.Fatal(err)
-			}
-			b.StartTimer()
-			blob, err := v.Snapshot(ctx)
-			if err != nil {
-				b.Fatal(err)
-			}
-			size = len(blob)
-			b.StopTimer()
-			if err := v.Resume(ctx); err != nil {
-				b.Fatal(err)
-			}
-			b.StartTimer()
+	e := integration(b)
+	for _, mode := range snapshotModes {
+		be, err := New(Options{Accel: e.accel, UncompressedSnapshots: mode.raw})
+		if err != nil {
+			b.Fatal(err)
 		}
-		b.ReportMetric(float64(size)/(1<<20), "blob-MiB")
-	})
+		v := bootedVM(b, e, be)
+		ctx := context.Background()
+		b.Run(string(e.accel)+"/"+mode.name, func(b *testing.B) {
+			var size int
+			for b.Loop() {
+				b.StopTimer()
+				if err := v.Pause(ctx); err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+				blob, err := v.Snapshot(ctx)
+				if err != nil {
+					b.Fatal(err)
+				}
+				size = len(blob)
+				b.StopTimer()
+				if err := v.Resume(ctx); err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+			}
+			b.ReportMetric(float64(size)/(1<<20), "blob-MiB")
+		})
+	}
 }
 
 // BenchmarkRestore measures Restore (new QEMU process, stream loaded) and
 // Resume until the agent answers again.
 func BenchmarkRestore(b *testing.B) {
-	e, be := benchBackend(b)
-	src := bootedVM(b, e, be)
-	ctx := context.Background()
-	if err := src.Pause(ctx); err != nil {
-		b.Fatal(err)
-	}
-	blob, err := src.Snapshot(ctx)
-	if err != nil {
-		b.Fatal(err)
-	}
-	src.Stop(ctx)
-	b.Run(string(e.accel), func(b *testing.B) {
-		var restore time.Duration
-		for b.Loop() {
-			v, err := be.NewVM(e.config())
-			if err != nil {
-				b.Fatal(err)
-			}
-			began := time.Now()
-			if err := v.Restore(ctx, blob); err != nil {
-				b.Fatal(err)
-			}
-			restore += time.Since(began)
-			if err := v.Resume(ctx); err != nil {
-				b.Fatal(err)
-			}
-			b.StopTimer()
-			v.Stop(ctx)
-			b.StartTimer()
+	e := integration(b)
+	for _, mode := range snapshotModes {
+		be, err := New(Options{Accel: e.accel, UncompressedSnapshots: mode.raw})
+		if err != nil {
+			b.Fatal(err)
 		}
-		b.ReportMetric(float64(restore.Milliseconds())/float64(b.N), "restore-ms")
-		b.ReportMetric(float64(len(blob))/(1<<20), "blob-MiB")
-	})
+		src := bootedVM(b, e, be)
+		ctx := context.Background()
+		if err := src.Pause(ctx); err != nil {
+			b.Fatal(err)
+		}
+		blob, err := src.Snapshot(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		src.Stop(ctx)
+		b.Run(string(e.accel)+"/"+mode.name, func(b *testing.B) {
+			var restore time.Duration
+			for b.Loop() {
+				v, err := be.NewVM(e.config())
+				if err != nil {
+					b.Fatal(err)
+				}
+				began := time.Now()
+				if err := v.Restore(ctx, blob); err != nil {
+					b.Fatal(err)
+				}
+				restore += time.Since(began)
+				if err := v.Resume(ctx); err != nil {
+					b.Fatal(err)
+				}
+				b.StopTimer()
+				v.Stop(ctx)
+				b.StartTimer()
+			}
+			b.ReportMetric(float64(restore.Milliseconds())/float64(b.N), "restore-ms")
+			b.ReportMetric(float64(len(blob))/(1<<20), "blob-MiB")
+		})
+	}
 }

@@ -1,9 +1,11 @@
 package qemu
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -14,6 +16,7 @@ import (
 
 	"github.com/kelpie-go/kelpie/vm"
 	"github.com/kelpie-go/kelpie/vm/image"
+	"github.com/kelpie-go/kelpie/vm/snapshot"
 	"github.com/kelpie-go/kelpie/vm/vmtest"
 )
 
@@ -463,5 +466,73 @@ func TestSerialOnlyImage(t *testing.T) {
 	r, err := v.Exec(ctx, sh("echo over the serial port"))
 	if err != nil || string(r.Stdout) != "over the serial port\n" {
 		t.Fatalf("exec: %+v %v", r, err)
+	}
+}
+
+// TestRawSnapshotRoundTrip covers UncompressedSnapshots: the stream is
+// stored as QEMU wrote it and restores the same way.
+func TestRawSnapshotRoundTrip(t *testing.T) {
+	e := integration(t)
+	b, err := New(Options{Accel: e.accel, UncompressedSnapshots: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := ctxFor(t, 3*time.Minute)
+	src, err := b.NewVM(e.config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopAtEnd(t, src)
+	if err := src.Boot(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := src.WriteFile(ctx, "/tmp/raw", []byte("raw stream"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := src.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	blob, err := src.Snapshot(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap, err := snapshot.Decode(blob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := snap.Section(sectionMigration); !ok {
+		t.Fatalf("raw snapshot has no %s section", sectionMigration)
+	}
+	dst, err := b.NewVM(e.config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopAtEnd(t, dst)
+	if err := dst.Restore(ctx, blob); err != nil {
+		t.Fatal(err)
+	}
+	if err := dst.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := dst.ReadFile(ctx, "/tmp/raw"); err != nil || string(got) != "raw stream" {
+		t.Fatalf("after restore: %q %v", got, err)
+	}
+}
+
+func TestDecompressLimit(t *testing.T) {
+	stream := bytes.Repeat([]byte{0}, 1<<20)
+	gz, err := compress(stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := decompressTo(&out, gz, 1<<20); err != nil || !bytes.Equal(out.Bytes(), stream) {
+		t.Fatalf("round trip: %d bytes, %v", out.Len(), err)
+	}
+	if err := decompressTo(io.Discard, gz, 1<<19); !errors.Is(err, snapshot.ErrTooLarge) {
+		t.Fatalf("inflating past the limit: %v", err)
+	}
+	if err := decompressTo(io.Discard, []byte("not gzip"), 1<<20); !errors.Is(err, snapshot.ErrCorrupt) {
+		t.Fatalf("not gzip: %v", err)
 	}
 }

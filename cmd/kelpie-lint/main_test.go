@@ -27,6 +27,15 @@ func Dial() (net.Conn, error) {
 	return net.Dial("tcp", "127.0.0.1:1")
 }
 `,
+	"kv/bad/bad_test.go": `package bad
+
+import (
+	"os/exec"
+	"testing"
+)
+
+func TestExec(t *testing.T) { _ = exec.Command("true") }
+`,
 	"kv/good/good.go": `package good
 
 import "net"
@@ -139,7 +148,11 @@ func run(t *testing.T, dir, name string, args ...string) (string, int) {
 // non-zero with a file:line: diagnostic for kv/bad and none for the others.
 func TestStandaloneAndVet(t *testing.T) {
 	bin, dir := build(t)
-	want := "bad.go:7:9: net.Dial opens a real socket [socket]; allowed only in cmd/..."
+	wants := []string{
+		filepath.Join("kv", "bad", "bad.go") + ":7:9: net.Dial opens a real socket [socket]; allowed only in cmd/...",
+		// Test files are checked too (exec is not among their exemptions).
+		filepath.Join("kv", "bad", "bad_test.go") + `:4:2: import "os/exec" starts real processes [exec]`,
+	}
 	for _, tc := range []struct {
 		name string
 		cmd  string
@@ -153,8 +166,10 @@ func TestStandaloneAndVet(t *testing.T) {
 			if code == 0 {
 				t.Fatalf("exit code 0, want non-zero; output:\n%s", out)
 			}
-			if !strings.Contains(out, filepath.Join("kv", "bad", want)) {
-				t.Errorf("output lacks %q:\n%s", want, out)
+			for _, want := range wants {
+				if !strings.Contains(out, want) {
+					t.Errorf("output lacks %q:\n%s", want, out)
+				}
 			}
 			for _, quiet := range []string{"good.go", "good_test.go", "main.go", "image.go", "image_test.go", "ext_test.go"} {
 				if strings.Contains(out, quiet) {

@@ -65,15 +65,20 @@ type activation struct {
 	pc    pendingCommit
 }
 
-func (a *activation) run() {
+// start loads the activation and, if that succeeds, starts its goroutine.
+// It runs on the goroutine of the Invoke that created the activation: the
+// load's deep calls into the store then grow that goroutine's stack, not the
+// stack of the actor's goroutine, which stays small for as long as the
+// actor lives.
+func (a *activation) start() error {
 	r := a.rt
-	defer r.wg.Done()
 	if err := a.load(); err != nil {
 		r.record("activate %s failed: %v", a.id, err)
 		a.closeSelf("activation failed")
 		a.drain(err)
 		a.exit(false)
-		return
+		r.wg.Done()
+		return err
 	}
 	now := time.Now().UnixNano()
 	a.mu.Lock()
@@ -83,10 +88,27 @@ func (a *activation) run() {
 	if r.cfg.Observer != nil {
 		r.cfg.Observer.Activated(a.id, a.m.epoch, a.m.seq)
 	}
+	go a.run()
+	return nil
+}
 
+// run is the actor's goroutine: it runs turns one at a time until the
+// activation closes.
+func (a *activation) run() {
+	r := a.rt
+	defer r.wg.Done()
 	idle := time.NewTimer(r.cfg.IdleTimeout)
 	defer idle.Stop()
 	for {
+		// A stop takes precedence over queued requests: once the activation
+		// is closing they must fail (they have not started), not run.
+		select {
+		case <-a.stop:
+			a.drain(fmt.Errorf("actor %s: %w: the activation is shutting down; the invocation did not run", a.id, ErrClosed))
+			a.exit(true)
+			return
+		default:
+		}
 		select {
 		case req := <-a.mailbox:
 			if drop := a.turn(req); drop != nil {
@@ -377,6 +399,7 @@ func (a *activation) exit(loaded bool) {
 	r.mu.Lock()
 	if r.acts[a.id] == a {
 		delete(r.acts, a.id)
+		r.shrinkLocked()
 	}
 	r.mu.Unlock()
 	close(a.done)

@@ -197,11 +197,17 @@ func BenchmarkColdActivationBolt(b *testing.B) {
 }
 
 func heapInUse() uint64 {
+	h, s := memSplit()
+	return h + s
+}
+
+// memSplit returns heap and goroutine-stack bytes in use after collecting.
+func memSplit() (heap, stack uint64) {
 	runtime.GC()
 	runtime.GC()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	return ms.HeapInuse + ms.StackInuse
+	return ms.HeapInuse, ms.StackInuse
 }
 
 // BenchmarkMemoryPerActor: heap and stack bytes per idle-but-active actor
@@ -215,13 +221,16 @@ func BenchmarkMemoryPerActor(b *testing.B) {
 	ctx := context.Background()
 	for i := 0; i < b.N; i++ {
 		rt := benchRuntime(b, db, nil)
-		base := heapInUse()
+		baseHeap, baseStack := memSplit()
+		base := baseHeap + baseStack
 		for _, id := range all {
 			if _, err := rt.Invoke(ctx, id, "get", nil); err != nil {
 				b.Fatal(err)
 			}
 		}
-		active := heapInUse()
+		activeHeap, activeStack := memSplit()
+		active := activeHeap + activeStack
+		b.ReportMetric(float64(int64(activeStack)-int64(baseStack))/n, "stack-bytes/active-actor")
 		if rt.NumActive() != n {
 			b.Fatalf("%d active, want %d", rt.NumActive(), n)
 		}

@@ -139,6 +139,7 @@ type Runtime struct {
 	factories map[string]Factory
 	acts      map[ID]*activation
 	live      int // activations not yet closing
+	peak      int // the most entries acts has held since it was last rebuilt
 	closed    bool
 }
 
@@ -239,9 +240,15 @@ func (r *Runtime) enqueue(ctx context.Context, id ID, req *request) error {
 			return fmt.Errorf("actor %s: %w", id, ErrClosed)
 		}
 		if a == nil {
+			var created bool
 			var err error
-			if a, err = r.activate(id); err != nil {
+			if a, created, err = r.activate(id); err != nil {
 				return err
+			}
+			if created {
+				if err := a.start(); err != nil {
+					return err
+				}
 			}
 		}
 		a.mu.Lock()
@@ -269,24 +276,25 @@ func (r *Runtime) enqueue(ctx context.Context, id ID, req *request) error {
 	return fmt.Errorf("actor %s: its activation ended %d times while Invoke tried to reach it (maxEnqueueAttempts)", id, maxEnqueueAttempts)
 }
 
-// activate returns id's activation, starting one if there is none.
-func (r *Runtime) activate(id ID) (*activation, error) {
+// activate returns id's activation, creating one if there is none; created
+// says the caller made it and must start it.
+func (r *Runtime) activate(id ID) (a *activation, created bool, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.closed {
-		return nil, fmt.Errorf("actor %s: %w", id, ErrClosed)
+		return nil, false, fmt.Errorf("actor %s: %w", id, ErrClosed)
 	}
 	if a := r.acts[id]; a != nil {
-		return a, nil
+		return a, false, nil
 	}
 	f := r.factories[id.Namespace]
 	if f == nil {
-		return nil, fmt.Errorf("actor %s: %w: no factory registered for %q", id, ErrUnknownNamespace, id.Namespace)
+		return nil, false, fmt.Errorf("actor %s: %w: no factory registered for %q", id, ErrUnknownNamespace, id.Namespace)
 	}
 	if r.live >= r.cfg.MaxActive && !r.evictLocked() {
-		return nil, fmt.Errorf("actor %s: %w: the node holds %d activations (Config.MaxActive) and none is idle", id, ErrTooManyActive, r.live)
+		return nil, false, fmt.Errorf("actor %s: %w: the node holds %d activations (Config.MaxActive) and none is idle", id, ErrTooManyActive, r.live)
 	}
-	a := &activation{
+	a = &activation{
 		rt:      r,
 		id:      id,
 		factory: f,
@@ -296,10 +304,12 @@ func (r *Runtime) activate(id ID) (*activation, error) {
 		done:    make(chan struct{}),
 	}
 	r.acts[id] = a
+	if len(r.acts) > r.peak {
+		r.peak = len(r.acts)
+	}
 	r.live++
-	r.wg.Add(1)
-	go a.run()
-	return a, nil
+	r.wg.Add(1) // done when its goroutine exits, or when start fails
+	return a, true, nil
 }
 
 // evictLocked closes the least recently used idle activation among a sample
@@ -340,6 +350,24 @@ func (r *Runtime) evictLocked() bool {
 	}
 	victim.mu.Unlock()
 	return ok
+}
+
+// shrinkMinPeak is the map size below which shrinkLocked does not bother.
+const shrinkMinPeak = 1024
+
+// shrinkLocked rebuilds the activation map once it holds a quarter of its
+// peak: a Go map never gives back the buckets of deleted entries, so without
+// this a node that once held a million activations would keep their slots
+// for good. r.mu is held.
+func (r *Runtime) shrinkLocked() {
+	if r.peak < shrinkMinPeak || len(r.acts) > r.peak/4 {
+		return
+	}
+	m := make(map[ID]*activation, len(r.acts))
+	for id, a := range r.acts {
+		m[id] = a
+	}
+	r.acts, r.peak = m, len(m)
 }
 
 // Active lists the node's activations (those not shutting down), sorted by

@@ -529,3 +529,142 @@ func TestManyActorsConcurrently(t *testing.T) {
 		}
 	}
 }
+
+// scanner exercises Call.Scan, Clear and the limits against the store and
+// the turn's own writes.
+type scanner struct{ counter }
+
+func (s *scanner) Receive(call *actor.Call) ([]byte, error) {
+	switch call.Method() {
+	case "seed":
+		for _, k := range []string{"p/a", "p/b", "p/c", "q/z"} {
+			if err := call.Set([]byte(k), []byte(k)); err != nil {
+				return nil, err
+			}
+		}
+		return nil, nil
+	case "mix":
+		// Hide p/b, add p/bb, change p/c, then list p/ in two ways.
+		if err := call.Clear([]byte("p/b")); err != nil {
+			return nil, err
+		}
+		if err := call.Set([]byte("p/bb"), []byte("new")); err != nil {
+			return nil, err
+		}
+		if err := call.Set([]byte("p/c"), []byte("changed")); err != nil {
+			return nil, err
+		}
+		all, err := call.Scan([]byte("p/"), 0)
+		if err != nil {
+			return nil, err
+		}
+		two, err := call.Scan([]byte("p/"), 2)
+		if err != nil {
+			return nil, err
+		}
+		var out []string
+		for _, e := range all {
+			out = append(out, string(e.Key)+"="+string(e.Value))
+		}
+		out = append(out, "|")
+		for _, e := range two {
+			out = append(out, string(e.Key))
+		}
+		if _, ok, _ := call.Get([]byte("p/b")); ok {
+			return nil, errors.New("a cleared key is still visible")
+		}
+		return []byte(strings.Join(out, " ")), nil
+	case "big":
+		if err := call.Set(make([]byte, actor.MaxUserKeyBytes+1), nil); !errors.Is(err, kv.ErrKeyTooLarge) {
+			return nil, fmt.Errorf("oversized key: %v", err)
+		}
+		if err := call.Set([]byte("v"), make([]byte, kv.ValueLimit+1)); !errors.Is(err, kv.ErrValueTooLarge) {
+			return nil, fmt.Errorf("oversized value: %v", err)
+		}
+		v := make([]byte, kv.ValueLimit)
+		for i := 0; ; i++ {
+			if err := call.Set([]byte(strconv.Itoa(i)), v); err != nil {
+				if !errors.Is(err, kv.ErrTransactionTooLarge) || !strings.Contains(err.Error(), "limit") {
+					return nil, fmt.Errorf("turn past MaxTurnBytes: %v", err)
+				}
+				return []byte(strconv.Itoa(i)), nil
+			}
+		}
+	}
+	return s.counter.Receive(call)
+}
+
+func TestCallScanClearAndLimits(t *testing.T) {
+	db := memkv.New()
+	pl, err := placement.NewLocal(context.Background(), db, "n1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt, err := actor.New(actor.Config{DB: db, Placement: pl})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rt.Close()
+	if err := rt.Register("scan", func(actor.ID) actor.Actor { return &scanner{} }); err != nil {
+		t.Fatal(err)
+	}
+	id := actor.MustID("scan", "s")
+	invoke(t, rt, id, "seed", "")
+	got := invoke(t, rt, id, "mix", "")
+	want := "p/a=p/a p/bb=new p/c=changed | p/a p/bb"
+	if got != want {
+		t.Fatalf("scan with own writes:\n got %q\nwant %q", got, want)
+	}
+	// The mix committed: a fresh activation (after a restart) sees it.
+	_ = rt.Close()
+	rt2, err := actor.New(actor.Config{DB: db, Placement: mustLocal(t, db)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rt2.Close()
+	if err := rt2.Register("scan", func(actor.ID) actor.Actor { return &scanner{} }); err != nil {
+		t.Fatal(err)
+	}
+	if got := invoke(t, rt2, id, "mix", ""); got != want {
+		t.Fatalf("after restart: %q", got)
+	}
+	n := invoke(t, rt2, id, "big", "")
+	if want := strconv.Itoa(actor.MaxTurnBytes / kv.ValueLimit); n != want && n != strconv.Itoa(actor.MaxTurnBytes/kv.ValueLimit-1) {
+		t.Fatalf("a turn accepted %s values of kv.ValueLimit bytes, want about %s", n, want)
+	}
+}
+
+func mustLocal(t *testing.T, db kv.DB) *placement.Local {
+	t.Helper()
+	pl, err := placement.NewLocal(context.Background(), db, "n1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pl
+}
+
+func TestCloseFailsQueuedInvocations(t *testing.T) {
+	gate := make(chan struct{})
+	rt, _, _ := newRuntime(t, memkv.New(), gate, nil)
+	id := actor.MustID("counter", "c")
+	first := make(chan error, 1)
+	go func() { _, err := rt.Invoke(context.Background(), id, "sleep", nil); first <- err }()
+	waitFor(t, func() bool { return len(rt.Active()) == 1 })
+	time.Sleep(10 * time.Millisecond) // the sleeper is running
+	queued := make(chan error, 1)
+	go func() { _, err := rt.Invoke(context.Background(), id, "add", []byte("1")); queued <- err }()
+	time.Sleep(10 * time.Millisecond)
+	closed := make(chan error, 1)
+	go func() { closed <- rt.Close() }()
+	time.Sleep(10 * time.Millisecond)
+	close(gate) // the running turn finishes; Close waits for it
+	if err := <-first; err != nil {
+		t.Fatalf("the running invocation: %v, want success (Close lets it finish)", err)
+	}
+	if err := <-queued; !errors.Is(err, actor.ErrClosed) {
+		t.Fatalf("the queued invocation: %v, want ErrClosed", err)
+	}
+	if err := <-closed; err != nil {
+		t.Fatal(err)
+	}
+}

@@ -315,14 +315,16 @@ func runFencing(s *sim.Simulation) error {
 		ttl    = time.Second
 	)
 	f := s.Faults()
-	// The directed phase: one steal, at once.
-	f.MustInject(sim.Fault{Kind: placement.FaultLeaseStolen, P: 1, Max: 1, Until: time.Second})
+	// The directed phase, in the first virtual milliseconds: one steal and
+	// no other fault.
+	const directed = 100 * time.Millisecond
+	f.MustInject(sim.Fault{Kind: placement.FaultLeaseStolen, P: 1, Max: 1, Until: directed})
 	// The random phase.
-	f.MustInject(sim.Fault{Kind: placement.FaultLeaseStolen, P: 0.2, From: time.Second, Until: load})
-	f.MustInject(sim.Fault{Kind: placement.FaultKeepAliveLost, P: 0.5, Node: "n2", Until: load})
-	f.MustInject(sim.Fault{Kind: placement.FaultUnavailable, P: 0.05, Until: load})
-	f.MustInject(sim.Fault{Kind: simkv.FaultFsyncError, P: 0.02, Until: load})
-	f.MustInject(sim.Fault{Kind: simkv.FaultLatency, P: 0.05, Delay: 10 * time.Millisecond, Until: load})
+	f.MustInject(sim.Fault{Kind: placement.FaultLeaseStolen, P: 0.2, From: directed, Until: load})
+	f.MustInject(sim.Fault{Kind: placement.FaultKeepAliveLost, P: 0.5, Node: "n2", From: directed, Until: load})
+	f.MustInject(sim.Fault{Kind: placement.FaultUnavailable, P: 0.05, From: directed, Until: load})
+	f.MustInject(sim.Fault{Kind: simkv.FaultFsyncError, P: 0.02, From: directed, Until: load})
+	f.MustInject(sim.Fault{Kind: simkv.FaultLatency, P: 0.05, Delay: 10 * time.Millisecond, From: directed, Until: load})
 
 	h := newHarness(s, false)
 	svc, err := placement.NewSim(s, ttl)
@@ -498,7 +500,7 @@ func runIdle(s *sim.Simulation) error {
 			return fmt.Errorf("%d invocations ended %s without any fault injected (%s)", n, k, h.c.summary())
 		}
 	}
-	return h.requireSome("ok", 50)
+	return h.requireSome("ok", 30)
 }
 
 func runFlood(s *sim.Simulation) error {
@@ -569,5 +571,5 @@ func runFlood(s *sim.Simulation) error {
 	if ok, most := h.c.count("ok")-probes, int((load+drainWait)/slowAdd); ok > most {
 		return fmt.Errorf("%d slow turns of %s finished in %s: turns overlapped", ok, slowAdd, load+drainWait)
 	}
-	return h.requireSome("ok", 100)
+	return h.requireSome("ok", 30)
 }

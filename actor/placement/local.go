@@ -26,8 +26,12 @@ type Local struct {
 
 	mu     sync.Mutex
 	held   map[string]struct{}
+	peak   int // the most entries held has had since it was last rebuilt
 	closed bool
 }
+
+// shrinkMinPeak is the map size below which Local does not rebuild it.
+const shrinkMinPeak = 1024
 
 // NewLocal creates the placement for node over db, bumping the stored epoch.
 func NewLocal(ctx context.Context, db kv.DB, node string) (*Local, error) {
@@ -81,6 +85,9 @@ func (l *Local) Acquire(ctx context.Context, actor string) (Lease, error) {
 		return Lease{}, fmt.Errorf("acquire %s: %w", actor, ErrHeld)
 	}
 	l.held[actor] = struct{}{}
+	if len(l.held) > l.peak {
+		l.peak = len(l.held)
+	}
 	return Lease{Actor: actor, Node: l.node, Epoch: l.epoch}, nil
 }
 
@@ -111,6 +118,15 @@ func (l *Local) Release(ctx context.Context, ls Lease) error {
 		return fmt.Errorf("release %s: %w: not held", ls, ErrLeaseLost)
 	}
 	delete(l.held, ls.Actor)
+	// A Go map keeps the buckets of deleted entries; rebuild it once it is
+	// down to a quarter of its peak.
+	if l.peak >= shrinkMinPeak && len(l.held) <= l.peak/4 {
+		m := make(map[string]struct{}, len(l.held))
+		for k := range l.held {
+			m[k] = struct{}{}
+		}
+		l.held, l.peak = m, len(m)
+	}
 	return nil
 }
 

@@ -454,9 +454,12 @@ func (v *VM) Boot(ctx context.Context) error {
 		var failures []string
 		for i, accel := range plan {
 			limit := timeout
+			if dl, ok := ctx.Deadline(); ok && i > 0 {
+				limit = time.Until(dl).Truncate(100 * time.Millisecond) // what earlier attempts left
+			}
 			last := i == len(plan)-1
 			if !last {
-				limit = min(timeout, v.b.opts.KVMProbeTimeout)
+				limit = min(limit, v.b.opts.KVMProbeTimeout)
 			}
 			began := time.Now()
 			c, h, channel, p, err := v.bootWith(ctx, accel, limit)
@@ -478,7 +481,7 @@ func (v *VM) Boot(ctx context.Context) error {
 				v.b.hwBroken = fmt.Sprintf("%s did not reach the guest agent within %s", accel, limit)
 				v.b.mu.Unlock()
 				note = fmt.Sprintf("auto: %s did not reach the guest agent within %s; fell back to tcg", accel, limit)
-				v.b.progress(v.id, "%s; falling back to tcg", strings.TrimPrefix(note, "auto: "))
+				v.b.progress(v.id, "%s did not reach the guest agent within %s; falling back to tcg", accel, limit)
 			}
 			if ctx.Err() != nil {
 				break

@@ -226,3 +226,47 @@ func TestPortFromCmdline(t *testing.T) {
 		}
 	}
 }
+
+func TestListenModeServesConnectionsConcurrently(t *testing.T) {
+	dir, err := os.MkdirTemp("", "kg-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	sock := filepath.Join(dir, "a.sock")
+	go runCommand([]string{"-listen", sock}, nil, io.Discard, io.Discard)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var clients []*guest.Client
+	for range 3 {
+		var conn net.Conn
+		for {
+			if conn, err = net.Dial("unix", sock); err == nil {
+				break
+			}
+			if ctx.Err() != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		c := guest.NewClient(conn)
+		defer c.Close()
+		clients = append(clients, c)
+	}
+	done := make(chan error, len(clients))
+	for _, c := range clients {
+		go func() {
+			if _, err := c.Handshake(ctx); err != nil {
+				done <- err
+				return
+			}
+			_, err := c.Ping(ctx)
+			done <- err
+		}()
+	}
+	for range clients {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+}

@@ -31,7 +31,10 @@ type Server struct {
 	// undecodable requests) that have no request to answer.
 	Logf func(format string, args ...any)
 
-	start time.Time
+	// start is when the Server first served; ping reports uptime from it.
+	// Serve may run on several connections at once, hence the Once.
+	startOnce sync.Once
+	start     time.Time
 }
 
 // serveState is one Serve call's state: the negotiated session, in-flight
@@ -55,9 +58,7 @@ func (s *Server) Serve(ctx context.Context, rw io.ReadWriter) error {
 	if s.Handler == nil {
 		return errors.New("guest: Server.Handler is nil")
 	}
-	if s.start.IsZero() {
-		s.start = time.Now()
-	}
+	s.startOnce.Do(func() { s.start = time.Now() })
 	ctx, cancel := context.WithCancel(ctx)
 	st := &serveState{s: s, w: rw, running: map[uint64]context.CancelFunc{}}
 	defer func() {

@@ -287,9 +287,13 @@ func BenchmarkMillionRegistered(b *testing.B) {
 			b.Fatalf("%d active, over MaxActive %d", n, maxActive)
 		}
 		b.ReportMetric(float64(registered)/took.Seconds(), "activations/s")
-		b.ReportMetric(float64(int64(heapInUse())-int64(base))/(1<<20), "MiB-in-memory")
+		heap, stack := memSplit()
+		b.ReportMetric(float64(int64(heap+stack)-int64(base))/(1<<20), "MiB-in-memory")
+		b.ReportMetric(float64(stack)/(1<<20), "MiB-stacks")
 		b.ReportMetric(float64(rt.NumActive()), "active")
 		_ = rt.Close()
+		heap, stack = memSplit()
+		b.ReportMetric(float64(int64(heap+stack)-int64(base))/(1<<20), "MiB-after-close")
 	}
 }
 

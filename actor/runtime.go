@@ -239,19 +239,25 @@ func (r *Runtime) enqueue(ctx context.Context, id ID, req *request) error {
 		if closed {
 			return fmt.Errorf("actor %s: %w", id, ErrClosed)
 		}
+		reserved := false
 		if a == nil {
-			var created bool
 			var err error
-			if a, created, err = r.activate(id); err != nil {
+			if a, reserved, err = r.activate(id); err != nil {
 				return err
 			}
-			if created {
+			if reserved {
 				if err := a.start(); err != nil {
 					return err
 				}
 			}
 		}
 		a.mu.Lock()
+		if reserved {
+			// The activation was made with one pending slot held for its
+			// creator, so that it could not be evicted as idle before the
+			// request that caused it arrived.
+			a.pending--
+		}
 		if a.closing {
 			a.mu.Unlock()
 			// The activation is ending; its successor may start only once
@@ -277,7 +283,8 @@ func (r *Runtime) enqueue(ctx context.Context, id ID, req *request) error {
 }
 
 // activate returns id's activation, creating one if there is none; created
-// says the caller made it and must start it.
+// says the caller made it and must start it, and holds one pending slot
+// that the caller's enqueue gives back.
 func (r *Runtime) activate(id ID) (a *activation, created bool, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -307,6 +314,7 @@ func (r *Runtime) activate(id ID) (a *activation, created bool, err error) {
 	if len(r.acts) > r.peak {
 		r.peak = len(r.acts)
 	}
+	a.pending = 1 // held for the creator's request (see enqueue)
 	r.live++
 	r.wg.Add(1) // done when its goroutine exits, or when start fails
 	return a, true, nil

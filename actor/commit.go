@@ -175,7 +175,7 @@ func (r *Runtime) commitBatch(batch []*pendingCommit) {
 		case err == nil:
 			p.version = version
 		case errors.As(err, &be):
-			p.err = fmt.Errorf("actor %s: %w; rolled back", p.a.id, be.err)
+			p.err = fmt.Errorf("actor %s: the group commit carrying the turn failed before committing: %w; rolled back", p.a.id, be.err)
 		case errors.Is(err, kv.ErrCommitFailed), errors.Is(err, kv.ErrRetryLimit):
 			p.err = fmt.Errorf("actor %s: commit: %w; rolled back", p.a.id, err)
 		default:

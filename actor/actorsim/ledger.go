@@ -122,6 +122,9 @@ type checker struct {
 	mu       sync.Mutex
 	ops      map[string]map[string]outcome // actor key -> op -> outcome
 	errKinds map[string]int
+	// otherExample is the first error that fit no known class, for the
+	// summary.
+	otherExample string
 	commits  map[string][]commitEvent  // actor key -> commits seen
 	lastSeq  map[string]uint64         // actor key -> seq of its last commit
 	active   map[string]map[string]int // actor key -> node#incarnation -> live activations
@@ -175,6 +178,9 @@ func (c *checker) file(id actor.ID, op string, err error) outcome {
 	}
 	m[op] = o
 	c.errKinds[kind]++
+	if kind == "other" && c.otherExample == "" {
+		c.otherExample = err.Error()
+	}
 	return o
 }
 
@@ -195,6 +201,7 @@ func errKind(err error) string {
 		{kv.ErrCommitFailed, "commit-failed"},
 		{kv.ErrRetryLimit, "retry-limit"},
 		{kv.ErrIO, "io"},
+		{kv.ErrClosed, "store-closed"},
 	} {
 		if errors.Is(err, k.err) {
 			return k.name
@@ -409,7 +416,11 @@ func (c *checker) summary() string {
 		evs = append(evs, fmt.Sprintf("%s=%d", k, n))
 	}
 	sort.Strings(evs)
-	return "outcomes: " + strings.Join(kinds, " ") + "; events: " + strings.Join(evs, " ")
+	out := "outcomes: " + strings.Join(kinds, " ") + "; events: " + strings.Join(evs, " ")
+	if c.otherExample != "" {
+		out += "; first other error: " + c.otherExample
+	}
+	return out
 }
 
 // Retry bounds of the verification reads, which may meet injected faults.

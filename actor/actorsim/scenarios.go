@@ -229,6 +229,8 @@ func (h *harness) verify(actors int, nodes []string) error {
 		return err
 	}
 	h.s.Record("", "verified %d actors; %s", actors, h.c.summary())
+	// Also on stdout, so a run shows what it exercised.
+	fmt.Printf("%s: verified %d actors; %s\n", h.s.Name(), actors, h.c.summary())
 	return nil
 }
 

@@ -125,12 +125,12 @@ type checker struct {
 	// otherExample is the first error that fit no known class, for the
 	// summary.
 	otherExample string
-	commits  map[string][]commitEvent  // actor key -> commits seen
-	lastSeq  map[string]uint64         // actor key -> seq of its last commit
-	active   map[string]map[string]int // actor key -> node#incarnation -> live activations
-	dead     map[string]bool           // node#incarnation stopped
-	events   map[string]int            // "activated", "deactivated idle", ...
-	nextOp   int
+	commits      map[string][]commitEvent  // actor key -> commits seen
+	lastSeq      map[string]uint64         // actor key -> seq of its last commit
+	active       map[string]map[string]int // actor key -> node#incarnation -> live activations
+	dead         map[string]bool           // node#incarnation stopped
+	events       map[string]int            // "activated", "deactivated idle", ...
+	nextOp       int
 	// strictActivation: only one node can own an actor at a time (no
 	// stolen leases), so every activation must load the latest commit.
 	strictActivation bool

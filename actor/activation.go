@@ -122,13 +122,13 @@ func (a *activation) run() {
 			a.exit(true)
 			return
 		case <-idle.C:
-			if left, closed := a.idleClose(); closed {
+			left, closed := a.idleClose()
+			if closed {
 				a.drain(fmt.Errorf("actor %s: %w: the activation is shutting down; the invocation did not run", a.id, ErrClosed))
 				a.exit(true)
 				return
-			} else {
-				idle.Reset(left)
 			}
+			idle.Reset(left)
 		}
 	}
 }

@@ -105,6 +105,7 @@ type MailboxFullError struct {
 	Capacity int
 }
 
+// Error says which actor refused and how to react.
 func (e *MailboxFullError) Error() string {
 	return fmt.Sprintf("actor %s: mailbox full (%d invocations waiting, Config.MailboxSize); back off and retry", e.ID, e.Capacity)
 }
@@ -122,6 +123,7 @@ type FencedError struct {
 	Stale       bool   // same or older epoch, but another activation committed since this one loaded
 }
 
+// Error says which epochs collided.
 func (e *FencedError) Error() string {
 	if e.Stale {
 		return fmt.Sprintf("actor %s: epoch %d loaded commit %d but the store is at commit %d by epoch %d: another activation committed; this one is stale",

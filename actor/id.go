@@ -50,6 +50,7 @@ func ParseID(s string) (ID, error) {
 	return NewID(ns, key)
 }
 
+// String is the text form, "namespace:key".
 func (id ID) String() string { return id.Namespace + ":" + id.Key }
 
 // Validate reports whether id is well formed. A namespace is 1 to

@@ -43,6 +43,7 @@ type Lease struct {
 	Session uint64
 }
 
+// String names the lease for messages.
 func (l Lease) String() string {
 	return fmt.Sprintf("lease %s on %s epoch %d", l.Actor, l.Node, l.Epoch)
 }
@@ -87,6 +88,7 @@ type NotOwnerError struct {
 	Epoch uint64
 }
 
+// Error names the holder.
 func (e *NotOwnerError) Error() string {
 	return fmt.Sprintf("placement: actor %s is held by node %s (epoch %d)", e.Actor, e.Owner, e.Epoch)
 }

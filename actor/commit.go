@@ -1,6 +1,7 @@
 package actor
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"runtime"
@@ -131,7 +132,7 @@ func (r *Runtime) commitBatch(batch []*pendingCommit) {
 	// Sorted by key so that the transaction's work does not depend on the
 	// order turns happened to arrive in.
 	sort.Slice(batch, func(i, j int) bool {
-		return string(batch[i].a.keys.meta) < string(batch[j].a.keys.meta)
+		return bytes.Compare(batch[i].a.keys.meta, batch[j].a.keys.meta) < 0
 	})
 	var version kv.Version
 	err := r.cfg.DB.Transact(r.ctx, func(tx kv.Tx) error {

@@ -7,7 +7,6 @@ import (
 	"github.com/kelpie-go/kelpie/sim"
 )
 
-
 // TestSimCanary runs the canary scenario (see sim.Canary). Under the
 // executor the hour passes in virtual time; cmd/kelpie-dst's TestCanary runs
 // it twice per seed and compares the trace hashes. Natively it runs inside a

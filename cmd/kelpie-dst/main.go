@@ -25,6 +25,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"time"
 
@@ -41,10 +42,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	seeds := fs.String("seeds", "", "sweep this range of seeds (A-B), running the program once per seed")
 	repeat := fs.Int("repeat", 1, "with -seeds: run each seed this many times and require identical summary lines")
+	jobs := fs.Int("j", runtime.NumCPU(), "with -seeds: runs in parallel")
 	quiet := fs.Bool("q", false, "with -seeds: print only the summary lines and failures, not the program's output")
 	timeout := fs.Duration("real-timeout", executor.DefaultRealTimeout, "real-time limit for one run")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: kelpie-dst [-seeds A-B [-repeat N] [-q]] program.wasm [args...]")
+		fmt.Fprintln(stderr, "usage: kelpie-dst [-seeds A-B [-repeat N] [-j N] [-q]] program.wasm [args...]")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -55,6 +57,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	prog, progArgs := fs.Arg(0), fs.Args()[1:]
+	if *jobs < 1 || *jobs > maxJobs {
+		fmt.Fprintf(stderr, "kelpie-dst: -j %d: want 1 to %d\n", *jobs, maxJobs)
+		return 2
+	}
 	if *repeat < 1 || *repeat > maxRepeat {
 		fmt.Fprintf(stderr, "kelpie-dst: -repeat %d: want 1 to %d\n", *repeat, maxRepeat)
 		return 2
@@ -113,7 +119,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "kelpie-dst: -seeds: %v\n", err)
 		return 2
 	}
-	return sweep(ctx, runner, mod, base, rng, *repeat, *quiet, wd, prog, progArgs, stdout, stderr)
+	return sweep(ctx, runner, mod, base, rng, *repeat, *jobs, *quiet, wd, prog, progArgs, stdout, stderr)
 }
 
 // VirtualTimeoutScale converts go test's -timeout into virtual time. The
@@ -143,54 +149,102 @@ func virtualTestTimeout(args []string) ([]string, time.Duration) {
 	return out, 0
 }
 
+// maxJobs bounds -j.
+const maxJobs = 64
+
 // maxRepeat bounds -repeat.
 const maxRepeat = 10
 
-// sweep runs every seed in rng, repeat times each, and compares the summary
-// lines of the repeats.
+// sweep runs every seed in rng, repeat times each, on jobs workers, and
+// compares the summary lines of the repeats. Output is printed in seed
+// order whatever order the runs finish in.
 func sweep(ctx context.Context, runner *executor.Runner, mod *executor.Module, base executor.Config,
-	rng sim.SeedRange, repeat int, quiet bool, wd, prog string, progArgs []string, stdout, stderr io.Writer) int {
-	var failures []string
-	start := time.Now()
-	for i := 0; i < rng.Len(); i++ {
-		seed := rng.First + uint64(i)
+	rng sim.SeedRange, repeat, jobs int, quiet bool, wd, prog string, progArgs []string, stdout, stderr io.Writer) int {
+	type outcome struct {
+		out      []byte
+		failures []string
+	}
+	runSeed := func(seed uint64) outcome {
+		var o outcome
 		var first []string
-		for r := 0; r < repeat; r++ {
+		for r := 0; r < repeat && ctx.Err() == nil; r++ {
 			var out bytes.Buffer
 			cfg := base
 			cfg.Seed, cfg.Stdout, cfg.Stderr = seed, &out, &out
 			res, err := runner.Run(ctx, mod, cfg)
 			lines := summaryLines(out.Bytes())
+			again := replay(wd, seed, prog, progArgs)
 			switch {
 			case err != nil:
-				failures = append(failures, fmt.Sprintf("seed=%d: %v; replay: %s", seed, err, replay(wd, seed, prog, progArgs)))
+				o.failures = append(o.failures, fmt.Sprintf("seed=%d: %v; replay: %s", seed, err, again))
 			case res.ExitCode != 0:
 				if !quiet {
-					stdout.Write(out.Bytes())
+					o.out = append(o.out, out.Bytes()...)
 				}
-				failures = append(failures, fmt.Sprintf("seed=%d: exit status %d; replay: %s", seed, res.ExitCode, replay(wd, seed, prog, progArgs)))
+				o.failures = append(o.failures, fmt.Sprintf("seed=%d: exit status %d; replay: %s", seed, res.ExitCode, again))
 			case r == 0:
 				first = lines
 				if quiet {
 					for _, l := range lines {
-						fmt.Fprintln(stdout, l)
+						o.out = append(o.out, l+"\n"...)
 					}
 				} else {
-					stdout.Write(out.Bytes())
+					o.out = append(o.out, out.Bytes()...)
 				}
 			default:
 				if d := diffLines(first, lines); d != "" {
-					failures = append(failures, fmt.Sprintf("seed=%d: run %d differs from run 1 (not deterministic): %s; replay: %s", seed, r+1, d, replay(wd, seed, prog, progArgs)))
+					o.failures = append(o.failures, fmt.Sprintf("seed=%d: run %d differs from run 1 (not deterministic): %s; replay: %s", seed, r+1, d, again))
 				}
 			}
-			if ctx.Err() != nil {
-				fmt.Fprintln(stderr, "kelpie-dst: interrupted")
-				return 1
+		}
+		return o
+	}
+
+	n := rng.Len()
+	outcomes := make([]outcome, n)
+	done := make([]chan struct{}, n)
+	for i := range done {
+		done[i] = make(chan struct{})
+	}
+	next := make(chan int)
+	for w := 0; w < jobs; w++ {
+		go func() {
+			for i := range next {
+				outcomes[i] = runSeed(rng.First + uint64(i))
+				close(done[i])
+			}
+		}()
+	}
+	go func() {
+		defer close(next)
+		for i := 0; i < n; i++ {
+			select {
+			case next <- i:
+			case <-ctx.Done():
+				return
 			}
 		}
-		if (i+1)%progressEvery == 0 || i+1 == rng.Len() {
-			fmt.Fprintf(stderr, "kelpie-dst: %d/%d seeds, %d failed, %s\n", i+1, rng.Len(), len(failures), time.Since(start).Round(time.Millisecond))
+	}()
+
+	var failures []string
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		select {
+		case <-done[i]:
+		case <-ctx.Done():
+			fmt.Fprintln(stderr, "kelpie-dst: interrupted")
+			return 1
 		}
+		stdout.Write(outcomes[i].out)
+		failures = append(failures, outcomes[i].failures...)
+		outcomes[i] = outcome{}
+		if (i+1)%progressEvery == 0 || i+1 == n {
+			fmt.Fprintf(stderr, "kelpie-dst: %d/%d seeds, %d failed, %s\n", i+1, n, len(failures), time.Since(start).Round(time.Millisecond))
+		}
+	}
+	if ctx.Err() != nil {
+		fmt.Fprintln(stderr, "kelpie-dst: interrupted")
+		return 1
 	}
 	if len(failures) > 0 {
 		fmt.Fprintf(stderr, "kelpie-dst: %d failure(s) in seeds %d-%d:\n", len(failures), rng.First, rng.Last)

@@ -7,12 +7,19 @@ import (
 	"fmt"
 	"sort"
 
+	"github.com/kelpie-go/kelpie/actor/actorsim"
+	"github.com/kelpie-go/kelpie/kv/simkv"
 	"github.com/kelpie-go/kelpie/sim"
+	"github.com/kelpie-go/kelpie/simnet"
+	"github.com/kelpie-go/kelpie/vm/simvm"
 )
 
 // All returns every scenario, sorted by name.
 func All() []sim.Scenario {
 	all := []sim.Scenario{sim.Canary}
+	for _, group := range [][]sim.Scenario{simnet.Scenarios, simkv.Scenarios, actorsim.Scenarios, simvm.Scenarios} {
+		all = append(all, group...)
+	}
 	sort.Slice(all, func(i, j int) bool { return all[i].Name < all[j].Name })
 	return all
 }

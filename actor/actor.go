@@ -13,14 +13,17 @@
 // activations it keeps, evicting the least recently used idle one to make
 // room.
 //
-// Each invocation runs inside one KV transaction. The handler's reads and
-// writes of the actor's own keys (through Call) see its own earlier writes;
-// when it returns, the actor's new state and its writes commit together, or,
-// if the handler fails, times out, or the commit fails, none of them do and
-// the in-memory actor is rebuilt from the last committed state. The
-// transaction also reads the actor's meta (its fencing epoch and commit
-// sequence) and refuses to commit if a newer activation has committed: an
-// old owner that lost its lease can never overwrite the new one.
+// Each invocation's effects commit in one KV transaction. The handler's
+// writes of the actor's own keys (through Call) are buffered, and its reads
+// see them; when it returns, the actor's new state and its writes commit
+// together, or, if the handler fails, times out, or the commit fails, none
+// of them do and the in-memory actor is rebuilt from the last committed
+// state. Commits are grouped: one committer goroutine per node puts the
+// finished turns of many actors into one transaction, which reads each
+// actor's meta (its fencing epoch and commit sequence) and applies a turn
+// only if no newer activation of that actor has committed. A fenced turn is
+// left out and fails alone; an old owner that lost its lease can never
+// overwrite the new one.
 //
 // Every error Invoke returns means the invocation had no effect, except
 // those that wrap ErrOutcomeUnknown (the caller stopped waiting, or the node

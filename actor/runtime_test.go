@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -666,5 +667,24 @@ func TestCloseFailsQueuedInvocations(t *testing.T) {
 	}
 	if err := <-closed; err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestCloseLeavesNoGoroutines(t *testing.T) {
+	before := runtime.NumGoroutine()
+	db := memkv.New()
+	rt, _, _ := newRuntime(t, db, nil, func(c *actor.Config) { c.MaxActive = 100 })
+	for i := 0; i < 300; i++ { // 200 evictions along the way
+		invoke(t, rt, actor.MustID("counter", strconv.Itoa(i)), "add", "1")
+	}
+	if n := rt.NumActive(); n != 100 {
+		t.Fatalf("%d active, want the cap of 100", n)
+	}
+	if err := rt.Close(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return runtime.NumGoroutine() <= before })
+	if n := rt.NumActive(); n != 0 {
+		t.Fatalf("%d active after Close", n)
 	}
 }

@@ -26,13 +26,13 @@ while IFS= read -r line; do
 	name=$(sed -E 's/^\s*--- SKIP: ([^ ]+).*/\1/' <<<"$line")
 	if ! cut -f1 .ci/allowed-skips 2>/dev/null | grep -qxF "$name"; then
 		echo "unexpected skip: $name (add it to .ci/allowed-skips with the reason, or make it run)"
-		grep -A3 -F -- "--- SKIP: $name " "$log" | sed 's/^/    /'
+		grep -A1 -F -- "--- SKIP: $name " "$log" | sed 's/^/    /'
 		unexpected=$((unexpected + 1))
 	fi
 done < <(grep -E '^\s*--- SKIP' "$log" || true)
 if [ "$skipped" -gt 0 ]; then
 	echo "skipped tests (allowed):"
-	grep -E -A2 '^\s*--- SKIP' "$log" | sed 's/^/    /' | head -n 40
+	grep -E -A1 '^\s*--- SKIP' "$log" | sed 's/^/    /' | head -n 40
 fi
 
 echo "$passed passed, $failed failed, $skipped skipped"

@@ -367,7 +367,8 @@ func (e *engine) commitBatch(batch []*commitReq) {
 	var (
 		accepted []*commitReq
 		commits  []*occ.Commit
-		conflict uint64
+		refused  []*commitReq
+		results  []commitResult
 	)
 	for _, r := range batch {
 		err := e.log.Check(r.c.ReadVersion, r.c.Reads)
@@ -381,32 +382,42 @@ func (e *engine) commitBatch(batch []*commitReq) {
 			}
 		}
 		if err != nil {
-			conflict++
-			r.reply <- commitResult{err: err}
+			refused = append(refused, r)
+			results = append(results, commitResult{err: err})
 			continue
 		}
 		accepted = append(accepted, r)
 		commits = append(commits, r.c)
 	}
-	if len(accepted) == 0 {
-		e.count(0, conflict, 0)
-		return
-	}
-	last := e.version + kv.Version(len(accepted))
-	if err := e.apply(commits, last); err != nil {
-		for _, r := range accepted {
-			r.reply <- commitResult{err: err}
+	// Stats are counted before anyone is answered, so a caller that has its
+	// answer also sees its commit in Stats.
+	conflicts := uint64(len(refused))
+	switch {
+	case len(accepted) == 0:
+		e.count(0, conflicts, 0)
+	default:
+		last := e.version + kv.Version(len(accepted))
+		if err := e.apply(commits, last); err != nil {
+			e.count(0, conflicts, 1)
+			for _, r := range accepted {
+				refused = append(refused, r)
+				results = append(results, commitResult{err: err})
+			}
+			break
 		}
-		e.count(0, conflict, 1)
-		return
+		first := e.version + 1
+		for i, r := range accepted {
+			e.log.Add(first+kv.Version(i), r.c.Writes)
+		}
+		e.version = last
+		e.count(uint64(len(accepted)), conflicts, 1)
+		for i, r := range accepted {
+			r.reply <- commitResult{v: first + kv.Version(i)}
+		}
 	}
-	for i, r := range accepted {
-		v := e.version + kv.Version(i) + 1
-		e.log.Add(v, r.c.Writes)
-		r.reply <- commitResult{v: v}
+	for i, r := range refused {
+		r.reply <- results[i]
 	}
-	e.version = last
-	e.count(uint64(len(accepted)), conflict, 1)
 }
 
 // intersectsAny reports whether any range of a meets any range of b.

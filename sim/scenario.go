@@ -1,6 +1,9 @@
 package sim
 
-import "testing"
+import (
+	"fmt"
+	"testing"
+)
 
 // Scenario is a named simulation that can run from a test (TestSim*) and from
 // the kelpie binary (kelpie sim --scenario NAME). Packages that own a
@@ -15,4 +18,24 @@ type Scenario struct {
 func RunScenario(t *testing.T, sc Scenario) {
 	t.Helper()
 	Run(t, sc.Run)
+}
+
+// FindScenario returns the scenario called name in scs.
+func FindScenario(scs []Scenario, name string) (Scenario, error) {
+	for _, sc := range scs {
+		if sc.Name == name {
+			return sc, nil
+		}
+	}
+	return Scenario{}, fmt.Errorf("unknown scenario %q", name)
+}
+
+// RunNamed runs the scenario called name in scs as a simulation inside t.
+func RunNamed(t *testing.T, scs []Scenario, name string) {
+	t.Helper()
+	sc, err := FindScenario(scs, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	RunScenario(t, sc)
 }

@@ -26,10 +26,9 @@ func All() []sim.Scenario {
 
 // Lookup returns the scenario called name.
 func Lookup(name string) (sim.Scenario, error) {
-	for _, sc := range All() {
-		if sc.Name == name {
-			return sc, nil
-		}
+	sc, err := sim.FindScenario(All(), name)
+	if err != nil {
+		return sc, fmt.Errorf("%w (kelpie sim --list shows them)", err)
 	}
-	return sim.Scenario{}, fmt.Errorf("unknown scenario %q (kelpie sim --list shows them)", name)
+	return sc, nil
 }

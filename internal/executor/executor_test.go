@@ -158,6 +158,14 @@ func BenchmarkCanary(b *testing.B) {
 	benchScenario(b, "sim-canary")
 }
 
+// BenchmarkSimnet does the same for the simulated-network scenarios: real
+// net/http servers and clients on several nodes over simnet, under faults.
+func BenchmarkSimnet(b *testing.B) {
+	for _, name := range []string{"simnet-ping", "simnet-partition", "simnet-chaos"} {
+		b.Run(name, func(b *testing.B) { benchScenario(b, name) })
+	}
+}
+
 func benchScenario(b *testing.B, name string) {
 	ctx := context.Background()
 	r, err := executor.NewRunner(ctx, b.TempDir())

@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 grep -rlE --include='*_test.go' '^func TestSim[A-Za-z0-9_]*\(t \*testing\.T\)' . \
-	| xargs -r -n1 dirname | sort -u | sed 's#^\./##; s#^#./#'
+	| grep -v '/testdata/' | xargs -r -n1 dirname | sort -u | sed 's#^\./##; s#^#./#'

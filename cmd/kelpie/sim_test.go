@@ -20,7 +20,7 @@ func scenariosWasm(t *testing.T) string {
 	return p
 }
 
-func TestSimSweep(t *testing.T) {
+func TestKelpieSimSweep(t *testing.T) {
 	wasm := scenariosWasm(t)
 	var out, errOut bytes.Buffer
 	code := run([]string{"sim", "--wasm", wasm, "--seeds", "1-12", "--scenario", "sim-canary", "-j", "2"}, &out, &errOut)
@@ -45,7 +45,7 @@ func TestSimSweep(t *testing.T) {
 	}
 }
 
-func TestSimBadInput(t *testing.T) {
+func TestKelpieSimBadInput(t *testing.T) {
 	wasm := scenariosWasm(t)
 	for _, tc := range []struct {
 		args []string

@@ -7,9 +7,6 @@ BIN     := $(CURDIR)/bin
 DST     := $(BIN)/kelpie-dst
 SEED    ?= 1
 SEEDS   ?= 1-200
-# The sweep make test runs: every simulation test with each of these seeds.
-# Kept to what fits CI's time budget on 2 cores; sweep more with make sim-check.
-TEST_SEEDS ?= 1-40
 PKG     ?=
 RUN     ?= ^TestSim
 
@@ -34,8 +31,7 @@ $(BIN)/kelpie-scenarios.wasm:
 
 ## test: formatting, vet, the boundary checker, the wasip1 build check, every
 ## test natively, the simulations under the executor, and the determinism sweep
-test: lint unit sim
-	$(MAKE) --no-print-directory sim-check SEEDS=$(TEST_SEEDS)
+test: lint unit sim sim-check
 
 lint: fmt vet wasip1 $(BIN)/kelpie-lint
 	$(BIN)/kelpie-lint ./...

@@ -16,15 +16,29 @@ type item struct {
 func itemLess(a, b item) bool { return bytes.Compare(a.key, b.key) < 0 }
 
 // Mem is an in-memory multi-version store: the latest committed state is a
-// copy-on-write B-tree, and a snapshot is a lazy clone of it, so snapshots
-// are O(1) and never block commits. Stored slices are never modified after
-// they are inserted, so snapshots can hand them out without copying.
+// copy-on-write B-tree, and snapshots are O(1) and never block commits.
+// Stored slices are never modified after they are inserted, so snapshots can
+// hand them out without copying.
+//
+// Copy-on-write is paid only when a reader needs it. Every snapshot of one
+// version shares one frozen view of the tree (a generation: a copy of the
+// tree's header, so the same root), counted while in use. A commit that
+// finds a live snapshot of the version it replaces first clones the tree,
+// so its writes copy the nodes they touch and the snapshot keeps the old
+// ones; a commit that finds every snapshot of that version released (the
+// common case for a single writer: read, release, commit) writes the nodes
+// in place, because no one can see them. Cloning the tree for every
+// snapshot instead made every commit copy each node it touched, which was
+// most of the cost of a small transaction.
 type Mem struct {
 	mu      sync.Mutex
 	tree    *btree.BTreeG[item]
 	version kv.Version
 	log     *ConflictLog
 	closed  bool
+	// cur is the generation that snapshots of version share, or nil when
+	// none was taken since the last commit.
+	cur *memGen
 	// commitMu serialises commits, held across the durability hook (which
 	// may sleep) so that validation and apply see no commit in between.
 	// Snapshots take only mu, so they are not held up by a slow commit.
@@ -50,7 +64,37 @@ func (m *Mem) Snapshot(ctx context.Context) (Snapshot, error) {
 	if m.closed {
 		return nil, kv.ErrClosed
 	}
-	return &memSnap{tree: m.tree.Clone(), version: m.version}, nil
+	if m.cur == nil {
+		// A copy of the header, not a Clone: it shares the root and the
+		// copy-on-write context, and it is never written through. The
+		// commit that replaces this version clones the tree if the
+		// generation is still in use (see prepareWriteLocked).
+		h := new(btree.BTreeG[item])
+		*h = *m.tree
+		m.cur = &memGen{tree: h, version: m.version}
+	}
+	m.cur.refs++
+	return &memSnap{m: m, gen: m.cur, tree: m.cur.tree, version: m.version}, nil
+}
+
+// memGen is the frozen view shared by the snapshots of one version.
+type memGen struct {
+	tree    *btree.BTreeG[item]
+	version kv.Version
+	refs    int // snapshots not yet released; guarded by Mem.mu
+}
+
+// prepareWriteLocked makes m.tree safe to write: if a snapshot of the
+// current version is still in use, the tree is cloned so that writes copy
+// the nodes they touch instead of changing what the snapshot reads. Nodes
+// of older versions are never written in place: the writes that followed
+// them were made after a clone. The current generation ends either way,
+// since the version is about to change.
+func (m *Mem) prepareWriteLocked() {
+	if m.cur != nil && m.cur.refs > 0 {
+		m.tree = m.tree.Clone()
+	}
+	m.cur = nil
 }
 
 // Commit implements Engine, with no durability step.
@@ -88,7 +132,7 @@ func (m *Mem) CommitWith(c *Commit, persist func(v kv.Version) error) (kv.Versio
 		// handle can no longer apply it; a reopen replays it.
 		return 0, kv.ErrClosed
 	}
-	m.applyLocked(c.Mutations)
+	m.applyLocked(c.Mutations, true)
 	m.version = v
 	m.log.Add(v, c.Writes)
 	return v, nil
@@ -99,16 +143,24 @@ func (m *Mem) CommitWith(c *Commit, persist func(v kv.Version) error) (kv.Versio
 func (m *Mem) Replay(v kv.Version, muts []Mutation) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.applyLocked(muts)
+	m.applyLocked(muts, false)
 	m.version = v
 	m.log = NewConflictLog(v)
 }
 
-func (m *Mem) applyLocked(muts []Mutation) {
+// applyLocked applies muts to the latest state. With own, the mutations'
+// slices are handed over (a Tx's buffers, never modified after the commit)
+// and stored as they are; otherwise they are copied.
+func (m *Mem) applyLocked(muts []Mutation, own bool) {
+	m.prepareWriteLocked()
 	for _, mu := range muts {
 		switch mu.Op {
 		case OpSet:
-			m.tree.ReplaceOrInsert(item{key: clone(mu.Key), value: cloneNonNil(mu.Value)})
+			it := item{key: mu.Key, value: mu.Value}
+			if !own || it.value == nil {
+				it = item{key: clone(mu.Key), value: cloneNonNil(mu.Value)}
+			}
+			m.tree.ReplaceOrInsert(it)
 		case OpClear:
 			m.tree.Delete(item{key: mu.Key})
 		case OpClearRange:
@@ -140,6 +192,8 @@ func (m *Mem) Len() int {
 }
 
 type memSnap struct {
+	m       *Mem
+	gen     *memGen // nil once released
 	tree    *btree.BTreeG[item]
 	version kv.Version
 }
@@ -168,4 +222,15 @@ func (s *memSnap) Scan(r kv.KeyRange, reverse bool, fn func(k, v []byte) bool) e
 	return nil
 }
 
-func (s *memSnap) Release() { s.tree = nil }
+// Release ends the snapshot. It is idempotent; the snapshot's owner calls
+// it once its reads are done (occ.DB does so before it commits).
+func (s *memSnap) Release() {
+	if s.gen == nil {
+		return
+	}
+	s.m.mu.Lock()
+	s.gen.refs--
+	s.m.mu.Unlock()
+	s.gen = nil
+	s.tree = nil
+}

@@ -65,6 +65,8 @@ type Commit struct {
 	// Mutations apply in order: every clear-range first, then point
 	// writes, which is equivalent to the transaction's own order because
 	// point writes inside a cleared range were made after the clear.
+	// Their slices are handed over with the commit: the transaction never
+	// modifies them afterwards, so an engine may keep them as they are.
 	Mutations []Mutation
 }
 

@@ -23,6 +23,12 @@ func writeLess(a, b write) bool { return bytes.Compare(a.key, b.key) < 0 }
 // cache lines wide, the library's recommended range.
 const btreeDegree = 32
 
+// writeNodes is shared by the write buffers of all transactions: a finished
+// transaction returns its nodes (at most btree.DefaultFreeListSize are
+// kept), so that the next one does not allocate them and their item slices
+// afresh. It is safe for concurrent use.
+var writeNodes = btree.NewFreeListG[write](btree.DefaultFreeListSize)
+
 // Tx is a transaction over a Snapshot: reads see the snapshot overlaid with
 // the transaction's own buffered writes, and every read adds its range to
 // the read conflict set. It is safe for use by several goroutines, though
@@ -31,8 +37,8 @@ type Tx struct {
 	mu      sync.Mutex
 	snap    Snapshot
 	done    bool
-	points  *btree.BTreeG[write]
-	cleared []kv.KeyRange // sorted, disjoint, non-adjacent
+	points  *btree.BTreeG[write] // nil until the first write
+	cleared []kv.KeyRange        // sorted, disjoint, non-adjacent
 	reads   []kv.KeyRange
 	size    int // bytes counted against kv.TransactionLimit
 	hooks   []func(kv.Version)
@@ -41,7 +47,16 @@ type Tx struct {
 var _ kv.Tx = (*Tx)(nil)
 
 func newTx(s Snapshot) *Tx {
-	return &Tx{snap: s, points: btree.NewG(btreeDegree, writeLess)}
+	return &Tx{snap: s}
+}
+
+// writes returns the buffer of point writes, creating it on first use: a
+// transaction that only reads never needs one.
+func (t *Tx) writes() *btree.BTreeG[write] {
+	if t.points == nil {
+		t.points = btree.NewWithFreeListG(btreeDegree, writeLess, writeNodes)
+	}
+	return t.points
 }
 
 // end ends the transaction: later calls fail with kv.ErrTransactionDone.
@@ -56,19 +71,41 @@ func (t *Tx) finish() (*Commit, []func(kv.Version)) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	c := &Commit{ReadVersion: t.snap.Version(), Reads: t.reads}
+	n := len(t.cleared)
+	ends := 0 // bytes of the point writes' range ends, key + "\x00" each
+	if t.points != nil {
+		n += t.points.Len()
+		t.points.Ascend(func(w write) bool { ends += len(w.key) + 1; return true })
+	}
+	if n == 0 {
+		return c, t.hooks
+	}
+	c.Mutations = make([]Mutation, 0, n)
+	c.Writes = make([]kv.KeyRange, 0, n)
 	for _, r := range t.cleared {
 		c.Mutations = append(c.Mutations, Mutation{Op: OpClearRange, Key: r.Begin, End: r.End})
 		c.Writes = append(c.Writes, r)
 	}
-	t.points.Ascend(func(w write) bool {
-		if w.tombstone {
-			c.Mutations = append(c.Mutations, Mutation{Op: OpClear, Key: w.key})
-		} else {
-			c.Mutations = append(c.Mutations, Mutation{Op: OpSet, Key: w.key, Value: w.value})
-		}
-		c.Writes = append(c.Writes, kv.SingleKey(w.key))
-		return true
-	})
+	if t.points != nil {
+		// The write ranges [key, key+"\x00") begin at the buffered keys,
+		// which nothing modifies, and end in one shared allocation.
+		buf := make([]byte, 0, ends)
+		t.points.Ascend(func(w write) bool {
+			if w.tombstone {
+				c.Mutations = append(c.Mutations, Mutation{Op: OpClear, Key: w.key})
+			} else {
+				c.Mutations = append(c.Mutations, Mutation{Op: OpSet, Key: w.key, Value: w.value})
+			}
+			start := len(buf)
+			buf = append(append(buf, w.key...), 0)
+			c.Writes = append(c.Writes, kv.KeyRange{Begin: w.key, End: buf[start:len(buf):len(buf)]})
+			return true
+		})
+		// Hand the nodes back for the next transaction; the keys and
+		// values now belong to the commit.
+		t.points.Clear(true)
+		t.points = nil
+	}
 	return c, t.hooks
 }
 
@@ -115,16 +152,18 @@ func (t *Tx) Get(key []byte) ([]byte, bool, error) {
 	if err := kv.CheckKey(key); err != nil {
 		return nil, false, fmt.Errorf("get: %w", err)
 	}
-	if w, ok := t.points.Get(write{key: key}); ok {
-		if w.tombstone {
-			return nil, false, nil
+	if t.points != nil {
+		if w, ok := t.points.Get(write{key: key}); ok {
+			if w.tombstone {
+				return nil, false, nil
+			}
+			return cloneNonNil(w.value), true, nil
 		}
-		return cloneNonNil(w.value), true, nil
 	}
 	if t.inCleared(key) {
 		return nil, false, nil
 	}
-	if err := t.addRead(kv.SingleKey(key)); err != nil {
+	if err := t.addRead(singleKey(key)); err != nil {
 		return nil, false, fmt.Errorf("get: %w", err)
 	}
 	v, ok, err := t.snap.Get(key)
@@ -157,7 +196,9 @@ func (t *Tx) GetRange(r kv.KeyRange, opts kv.RangeOptions) ([]kv.KeyValue, error
 	// The transaction's own point writes inside r, in scan order.
 	var mine []write
 	collect := func(w write) bool { mine = append(mine, w); return true }
-	if opts.Reverse {
+	if t.points == nil {
+		// No writes of our own to merge.
+	} else if opts.Reverse {
 		t.points.DescendLessOrEqual(write{key: r.End}, func(w write) bool {
 			if bytes.Compare(w.key, r.Begin) < 0 {
 				return false
@@ -270,7 +311,7 @@ func (t *Tx) Set(key, value []byte) error {
 	if err := t.grow(len(key) + len(value)); err != nil {
 		return fmt.Errorf("set %q: %w", truncKey(key), err)
 	}
-	t.points.ReplaceOrInsert(write{key: clone(key), value: cloneNonNil(value)})
+	t.writes().ReplaceOrInsert(write{key: clone(key), value: cloneNonNil(value)})
 	return nil
 }
 
@@ -287,7 +328,7 @@ func (t *Tx) Clear(key []byte) error {
 	if err := t.grow(len(key)); err != nil {
 		return fmt.Errorf("clear %q: %w", truncKey(key), err)
 	}
-	t.points.ReplaceOrInsert(write{key: clone(key), tombstone: true})
+	t.writes().ReplaceOrInsert(write{key: clone(key), tombstone: true})
 	return nil
 }
 
@@ -308,13 +349,15 @@ func (t *Tx) ClearRange(r kv.KeyRange) error {
 		return fmt.Errorf("clear range %s: %w", r, err)
 	}
 	// Point writes inside r are superseded by the clear.
-	var drop []write
-	t.points.AscendRange(write{key: r.Begin}, write{key: r.End}, func(w write) bool {
-		drop = append(drop, w)
-		return true
-	})
-	for _, w := range drop {
-		t.points.Delete(w)
+	if t.points != nil {
+		var drop []write
+		t.points.AscendRange(write{key: r.Begin}, write{key: r.End}, func(w write) bool {
+			drop = append(drop, w)
+			return true
+		})
+		for _, w := range drop {
+			t.points.Delete(w)
+		}
 	}
 	t.cleared = addRange(t.cleared, kv.KeyRange{Begin: clone(r.Begin), End: clone(r.End)})
 	return nil
@@ -349,6 +392,15 @@ func addRange(rs []kv.KeyRange, r kv.KeyRange) []kv.KeyRange {
 	}
 	out = append(out, r)
 	return append(out, rs[i:]...)
+}
+
+// singleKey is kv.SingleKey in one allocation: the range [key, key+"\x00")
+// with both bounds in one buffer (Begin's capacity is cut, so nothing can
+// append into End's last byte).
+func singleKey(key []byte) kv.KeyRange {
+	buf := make([]byte, len(key)+1)
+	copy(buf, key)
+	return kv.KeyRange{Begin: buf[:len(key):len(key)], End: buf}
 }
 
 func clone(b []byte) []byte {

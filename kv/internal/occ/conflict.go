@@ -3,6 +3,7 @@ package occ
 import (
 	"bytes"
 	"fmt"
+	"slices"
 	"sort"
 
 	"github.com/kelpie-go/kelpie/kv"
@@ -84,10 +85,16 @@ func (l *ConflictLog) Add(v kv.Version, writes []kv.KeyRange) {
 	l.entries = l.entries[drop:]
 }
 
-// normalize sorts ranges and merges overlapping ones.
+// normalize sorts ranges and merges overlapping ones. rs is not modified;
+// when it is already sorted, disjoint and free of empty ranges (as the read
+// sets of transactions that read in key order are) it is returned as is,
+// without a copy.
 func normalize(rs []kv.KeyRange) []kv.KeyRange {
+	if isNormal(rs) {
+		return rs
+	}
 	s := append([]kv.KeyRange(nil), rs...)
-	sort.Slice(s, func(i, j int) bool { return bytes.Compare(s[i].Begin, s[j].Begin) < 0 })
+	slices.SortFunc(s, func(a, b kv.KeyRange) int { return bytes.Compare(a.Begin, b.Begin) })
 	out := s[:0]
 	for _, r := range s {
 		if r.Empty() {
@@ -102,4 +109,18 @@ func normalize(rs []kv.KeyRange) []kv.KeyRange {
 		out = append(out, r)
 	}
 	return out
+}
+
+// isNormal reports whether rs is what normalize would make of it: ranges
+// that are non-empty, ascending and neither overlapping nor adjacent.
+func isNormal(rs []kv.KeyRange) bool {
+	for i, r := range rs {
+		if r.Empty() {
+			return false
+		}
+		if i > 0 && bytes.Compare(rs[i-1].End, r.Begin) >= 0 {
+			return false
+		}
+	}
+	return true
 }

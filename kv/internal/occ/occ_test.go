@@ -65,3 +65,24 @@ func TestAddRangeMerges(t *testing.T) {
 		t.Fatalf("merged ranges %s, want %s", got, want)
 	}
 }
+
+func TestNormalize(t *testing.T) {
+	for _, c := range []struct {
+		in, want []kv.KeyRange
+	}{
+		{[]kv.KeyRange{kr("a", "b"), kr("c", "d")}, []kv.KeyRange{kr("a", "b"), kr("c", "d")}},
+		{[]kv.KeyRange{kr("c", "d"), kr("a", "b")}, []kv.KeyRange{kr("a", "b"), kr("c", "d")}},
+		{[]kv.KeyRange{kr("a", "b"), kr("b", "c")}, []kv.KeyRange{kr("a", "c")}}, // adjacent
+		{[]kv.KeyRange{kr("a", "c"), kr("b", "d")}, []kv.KeyRange{kr("a", "d")}}, // overlapping
+		{[]kv.KeyRange{kr("a", "b"), kr("x", "x")}, []kv.KeyRange{kr("a", "b")}}, // empty
+	} {
+		before := fmt.Sprint(c.in)
+		got := normalize(c.in)
+		if fmt.Sprint(got) != fmt.Sprint(c.want) {
+			t.Errorf("normalize(%s) = %s, want %s", before, got, c.want)
+		}
+		if fmt.Sprint(c.in) != before {
+			t.Errorf("normalize modified its input %s to %s", before, c.in)
+		}
+	}
+}

@@ -65,8 +65,11 @@ type Commit struct {
 	// Mutations apply in order: every clear-range first, then point
 	// writes, which is equivalent to the transaction's own order because
 	// point writes inside a cleared range were made after the clear.
-	// Their slices are handed over with the commit: the transaction never
-	// modifies them afterwards, so an engine may keep them as they are.
+	// Their key and value slices are handed over with the commit: the
+	// transaction never modifies them afterwards, so an engine may keep
+	// them as they are. The Reads, Writes and Mutations slices themselves
+	// are not the engine's: it must not keep Reads or Mutations after
+	// Commit returns (they are reused); Writes it may keep.
 	Mutations []Mutation
 }
 
@@ -137,6 +140,7 @@ func (db *DB) attempt(ctx context.Context, fn func(tx kv.Tx) error) error {
 	tx := newTx(snap)
 	err = runReleasing(snap, tx, func() error { return fn(tx) })
 	c, hooks := tx.finish()
+	defer tx.recycle(c)
 	if err != nil {
 		return err
 	}
@@ -171,6 +175,7 @@ func (db *DB) ReadTransact(ctx context.Context, fn func(tx kv.ReadTx) error) err
 		return err
 	}
 	tx := newTx(snap)
+	defer tx.recycle(nil)
 	return runReleasing(snap, tx, func() error { return fn(readOnly{tx}) })
 }
 

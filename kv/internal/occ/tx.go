@@ -29,6 +29,22 @@ const btreeDegree = 32
 // afresh. It is safe for concurrent use.
 var writeNodes = btree.NewFreeListG[write](btree.DefaultFreeListSize)
 
+// maxPooledSet bounds the entries of a read set or mutation list kept for
+// reuse: a larger transaction's are left to the collector, so that one
+// huge transaction does not pin its buffers in the pool.
+const maxPooledSet = 1024
+
+// setBufs are the backing arrays of one transaction's read set and
+// mutation list. They are reused (through setPool) once the transaction's
+// outcome is decided: an engine does not keep a Commit's slices of ranges
+// and mutations after Commit returns, only the keys and values in them.
+type setBufs struct {
+	reads []kv.KeyRange
+	muts  []Mutation
+}
+
+var setPool = sync.Pool{New: func() any { return new(setBufs) }}
+
 // Tx is a transaction over a Snapshot: reads see the snapshot overlaid with
 // the transaction's own buffered writes, and every read adds its range to
 // the read conflict set. It is safe for use by several goroutines, though
@@ -42,12 +58,42 @@ type Tx struct {
 	reads   []kv.KeyRange
 	size    int // bytes counted against kv.TransactionLimit
 	hooks   []func(kv.Version)
+	bufs    *setBufs // reused arrays, nil once recycled
 }
 
 var _ kv.Tx = (*Tx)(nil)
 
 func newTx(s Snapshot) *Tx {
-	return &Tx{snap: s}
+	b := setPool.Get().(*setBufs)
+	return &Tx{snap: s, bufs: b, reads: b.reads[:0]}
+}
+
+// recycle hands the transaction's read set and the mutation list of c (its
+// commit, or nil) back for reuse. The caller must be done with c: its
+// engine has returned from Commit.
+func (t *Tx) recycle(c *Commit) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	b := t.bufs
+	if b == nil {
+		return
+	}
+	t.bufs = nil
+	// Cleared so that the pool pins no keys or values.
+	b.reads = nil
+	if cap(t.reads) <= maxPooledSet {
+		clear(t.reads)
+		b.reads = t.reads[:0]
+	}
+	t.reads = nil
+	if c != nil && c.Mutations != nil && cap(c.Mutations) <= maxPooledSet {
+		clear(c.Mutations)
+		b.muts = c.Mutations[:0]
+	}
+	if c != nil {
+		c.Reads, c.Mutations = nil, nil
+	}
+	setPool.Put(b)
 }
 
 // writes returns the buffer of point writes, creating it on first use: a
@@ -80,7 +126,12 @@ func (t *Tx) finish() (*Commit, []func(kv.Version)) {
 	if n == 0 {
 		return c, t.hooks
 	}
-	c.Mutations = make([]Mutation, 0, n)
+	if t.bufs != nil && cap(t.bufs.muts) >= n {
+		c.Mutations = t.bufs.muts[:0]
+		t.bufs.muts = nil
+	} else {
+		c.Mutations = make([]Mutation, 0, n)
+	}
 	c.Writes = make([]kv.KeyRange, 0, n)
 	for _, r := range t.cleared {
 		c.Mutations = append(c.Mutations, Mutation{Op: OpClearRange, Key: r.Begin, End: r.End})

@@ -31,8 +31,14 @@ type logEntry struct {
 // It is not safe for concurrent use: engines call it under their commit
 // lock.
 type ConflictLog struct {
-	entries []logEntry // ascending by version
-	bytes   int
+	// ring holds the entries, oldest at head, ascending by version. It is
+	// circular so that remembering a commit and forgetting the oldest
+	// allocates nothing; it grows by doubling up to ConflictLogCommits+1
+	// (one over, for the commit added just before the oldest is dropped).
+	ring  []logEntry
+	head  int
+	n     int // entries held
+	bytes int
 	// floor is the newest version forgotten: a read version below it
 	// cannot be checked.
 	floor kv.Version
@@ -48,12 +54,13 @@ func (l *ConflictLog) Check(readVersion kv.Version, reads []kv.KeyRange) error {
 	if readVersion < l.floor {
 		return fmt.Errorf("%w: read version %d is older than the oldest commit remembered (%d; occ.ConflictLogCommits)", kv.ErrConflict, readVersion, l.floor)
 	}
-	i := sort.Search(len(l.entries), func(i int) bool { return l.entries[i].version > readVersion })
-	if i == len(l.entries) || len(reads) == 0 {
+	i := sort.Search(l.n, func(i int) bool { return l.at(i).version > readVersion })
+	if i == l.n || len(reads) == 0 {
 		return nil
 	}
 	rs := normalize(reads)
-	for _, e := range l.entries[i:] {
+	for ; i < l.n; i++ {
+		e := l.at(i)
 		for _, w := range e.writes {
 			j := sort.Search(len(rs), func(j int) bool { return bytes.Compare(rs[j].End, w.Begin) > 0 })
 			if j < len(rs) && bytes.Compare(rs[j].Begin, w.End) < 0 {
@@ -71,19 +78,38 @@ func (l *ConflictLog) Add(v kv.Version, writes []kv.KeyRange) {
 	for _, w := range writes {
 		n += len(w.Begin) + len(w.End)
 	}
-	l.entries = append(l.entries, logEntry{version: v, writes: writes, bytes: n})
-	l.bytes += n
-	drop := 0
-	for len(l.entries)-drop > ConflictLogCommits || (l.bytes > ConflictLogBytes && len(l.entries)-drop > 1) {
-		l.bytes -= l.entries[drop].bytes
-		l.floor = l.entries[drop].version
-		l.entries[drop] = logEntry{} // let the ranges be collected
-		drop++
+	if l.n == len(l.ring) {
+		l.grow()
 	}
-	// Reslicing from the front is O(1); the backing array is reclaimed
-	// when append next has to grow it, which copies only live entries.
-	l.entries = l.entries[drop:]
+	*l.at(l.n) = logEntry{version: v, writes: writes, bytes: n}
+	l.n++
+	l.bytes += n
+	for l.n > ConflictLogCommits || (l.bytes > ConflictLogBytes && l.n > 1) {
+		old := l.at(0)
+		l.bytes -= old.bytes
+		l.floor = old.version
+		*old = logEntry{} // let the ranges be collected
+		l.head = (l.head + 1) % len(l.ring)
+		l.n--
+	}
 }
+
+// conflictLogInitial is the ring's first capacity, in commits.
+const conflictLogInitial = 16
+
+// grow doubles the ring (up to ConflictLogCommits+1), unrolling it so that
+// the oldest entry is at index 0.
+func (l *ConflictLog) grow() {
+	c := min(max(2*len(l.ring), conflictLogInitial), ConflictLogCommits+1)
+	ring := make([]logEntry, c)
+	for i := 0; i < l.n; i++ {
+		ring[i] = *l.at(i)
+	}
+	l.ring, l.head = ring, 0
+}
+
+// at is the i-th oldest entry held.
+func (l *ConflictLog) at(i int) *logEntry { return &l.ring[(l.head+i)%len(l.ring)] }
 
 // normalize sorts ranges and merges overlapping ones. rs is not modified;
 // when it is already sorted, disjoint and free of empty ranges (as the read

@@ -41,8 +41,8 @@ func TestConflictLogForgetsOldCommits(t *testing.T) {
 	for v := kv.Version(1); v <= ConflictLogCommits+5; v++ {
 		l.Add(v, []kv.KeyRange{kr(fmt.Sprint(v), fmt.Sprint(v)+"\x00")})
 	}
-	if len(l.entries) != ConflictLogCommits {
-		t.Fatalf("log keeps %d commits, want ConflictLogCommits = %d", len(l.entries), ConflictLogCommits)
+	if l.n != ConflictLogCommits {
+		t.Fatalf("log keeps %d commits, want ConflictLogCommits = %d", l.n, ConflictLogCommits)
 	}
 	// Commits 1-5 are forgotten: a transaction that read at 4 cannot be
 	// checked and must conflict, even with an empty read set.
@@ -51,6 +51,21 @@ func TestConflictLogForgetsOldCommits(t *testing.T) {
 	}
 	if err := l.Check(5, []kv.KeyRange{kr("zzz", "zzzz")}); err != nil {
 		t.Fatalf("read version at the floor = %v, want no conflict", err)
+	}
+	// The log is circular: the entries after the wrap-around still decide.
+	last := fmt.Sprint(ConflictLogCommits + 3)
+	if err := l.Check(ConflictLogCommits, []kv.KeyRange{kr(last, last+"\x00")}); !errors.Is(err, kv.ErrConflict) {
+		t.Fatalf("read of a key written at %s after the read version = %v, want a conflict", last, err)
+	}
+	if err := l.Check(ConflictLogCommits+3, []kv.KeyRange{kr(last, last+"\x00")}); err != nil {
+		t.Fatalf("read of a key written at the read version = %v, want no conflict", err)
+	}
+	// Forgetting in bytes: an entry over ConflictLogBytes pushes out all
+	// but itself.
+	big := make([]byte, ConflictLogBytes)
+	l.Add(ConflictLogCommits+6, []kv.KeyRange{{Begin: []byte("a"), End: big}})
+	if l.n != 1 || l.floor != ConflictLogCommits+5 {
+		t.Fatalf("after an oversized commit the log keeps %d commits with floor %d, want 1 and %d", l.n, l.floor, ConflictLogCommits+5)
 	}
 }
 

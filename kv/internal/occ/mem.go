@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"sync"
+	"sync/atomic"
 
 	"github.com/google/btree"
 	"github.com/kelpie-go/kelpie/kv"
@@ -73,15 +74,20 @@ func (m *Mem) Snapshot(ctx context.Context) (Snapshot, error) {
 		*h = *m.tree
 		m.cur = &memGen{tree: h, version: m.version}
 	}
-	m.cur.refs++
-	return &memSnap{m: m, gen: m.cur, tree: m.cur.tree, version: m.version}, nil
+	m.cur.refs.Add(1)
+	return &memSnap{gen: m.cur, tree: m.cur.tree, version: m.version}, nil
 }
 
 // memGen is the frozen view shared by the snapshots of one version.
 type memGen struct {
 	tree    *btree.BTreeG[item]
 	version kv.Version
-	refs    int // snapshots not yet released; guarded by Mem.mu
+	// refs counts the snapshots not yet released. It goes up only under
+	// Mem.mu and is read under Mem.mu by the commit that ends the
+	// generation; Release brings it down without the lock. A release racing
+	// that read at worst makes the commit clone needlessly, and the atomic
+	// orders the released snapshot's reads before any in-place write.
+	refs atomic.Int64
 }
 
 // prepareWriteLocked makes m.tree safe to write: if a snapshot of the
@@ -91,7 +97,7 @@ type memGen struct {
 // them were made after a clone. The current generation ends either way,
 // since the version is about to change.
 func (m *Mem) prepareWriteLocked() {
-	if m.cur != nil && m.cur.refs > 0 {
+	if m.cur != nil && m.cur.refs.Load() > 0 {
 		m.tree = m.tree.Clone()
 	}
 	m.cur = nil
@@ -192,7 +198,6 @@ func (m *Mem) Len() int {
 }
 
 type memSnap struct {
-	m       *Mem
 	gen     *memGen // nil once released
 	tree    *btree.BTreeG[item]
 	version kv.Version
@@ -223,14 +228,13 @@ func (s *memSnap) Scan(r kv.KeyRange, reverse bool, fn func(k, v []byte) bool) e
 }
 
 // Release ends the snapshot. It is idempotent; the snapshot's owner calls
-// it once its reads are done (occ.DB does so before it commits).
+// it once its reads are done (occ.DB does so before it commits), from one
+// goroutine.
 func (s *memSnap) Release() {
 	if s.gen == nil {
 		return
 	}
-	s.m.mu.Lock()
-	s.gen.refs--
-	s.m.mu.Unlock()
+	s.gen.refs.Add(-1)
 	s.gen = nil
 	s.tree = nil
 }

@@ -1,8 +1,8 @@
 package sim
 
 import (
+	"flag"
 	"fmt"
-	"regexp"
 	"runtime"
 	"runtime/debug"
 	"strings"
@@ -54,21 +54,32 @@ func Run(t *testing.T, fn func(s *Simulation) error) {
 		for _, e := range res.Tail {
 			fmt.Fprintf(&b, "  %s\n", e)
 		}
-		fmt.Fprintf(&b, "replay: %s", ReplayCommand(pkg, t.Name(), seed))
+		fmt.Fprintf(&b, "replay: %s", ReplayCommand(pkg, testRunPattern(), seed))
 		t.Log(b.String())
 	}()
 	fnErr = fn(s)
 	completed = true
 }
 
-// ReplayCommand is the command that replays the simulation test called test
-// in package pkg (a path relative to the module root, "./sim") with seed.
-func ReplayCommand(pkg, test string, seed uint64) string {
-	parts := strings.Split(test, "/")
-	for i, p := range parts {
-		parts[i] = "^" + regexp.QuoteMeta(p) + "$"
+// ReplayCommand is the command that replays a simulation run with seed in
+// package pkg (a path relative to the module root, "./sim"). run is the
+// -test.run pattern the process was started with: the Go runtime's random
+// state and heap carry from one test to the next within a process, so a
+// simulation replays exactly only with the same tests before it, and the
+// command reruns the same set, in the same order.
+func ReplayCommand(pkg, run string, seed uint64) string {
+	if run == "" {
+		run = "."
 	}
-	return fmt.Sprintf("make sim SEED=%d PKG=%s RUN='%s'", seed, pkg, strings.Join(parts, "/"))
+	return fmt.Sprintf("make sim SEED=%d PKG=%s RUN='%s'", seed, pkg, strings.ReplaceAll(run, "'", `'\''`))
+}
+
+// testRunPattern is the -test.run pattern of this test process, "" if none.
+func testRunPattern() string {
+	if f := flag.Lookup("test.run"); f != nil {
+		return f.Value.String()
+	}
+	return ""
 }
 
 // modulePath is the module's import path, used when build information is

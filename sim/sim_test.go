@@ -347,3 +347,15 @@ func TestHistoryLinearizable(t *testing.T) {
 		t.Fatal("a stale read after a completed write was accepted")
 	}
 }
+
+func TestReplayCommand(t *testing.T) {
+	if got, want := sim.ReplayCommand("./simnet", "^TestSim", 5), "make sim SEED=5 PKG=./simnet RUN='^TestSim'"; got != want {
+		t.Errorf("ReplayCommand = %q, want %q", got, want)
+	}
+	if got := sim.ReplayCommand("./sim", "", 1); !strings.Contains(got, "RUN='.'") {
+		t.Errorf("no pattern: %q, want the whole package", got)
+	}
+	if got := sim.ReplayCommand("./sim", "it's", 1); !strings.Contains(got, `RUN='it'\''s'`) {
+		t.Errorf("quote not escaped: %q", got)
+	}
+}

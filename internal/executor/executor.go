@@ -15,8 +15,9 @@
 //     progresses;
 //   - arguments and environment: exactly what the caller passes, plus
 //     DST_SEED, KELPIE_DST=1, PWD and TMPDIR;
-//   - the filesystem: the working directory, read-only at its own path, and
-//     a fresh empty directory as /tmp; nothing else of the host is visible.
+//   - the filesystem: the working directory, read-only at /src (a fixed path,
+//     so a run does not depend on where the checkout lives), and a fresh
+//     empty directory as /tmp; nothing else of the host is visible.
 //
 // Compiled modules are cached on disk (wazero's compilation cache), so a
 // second run of the same binary starts without compiling.
@@ -60,6 +61,11 @@ const DefaultRealTimeout = 30 * time.Minute
 
 // guestTmp is where the fresh temporary directory appears in the guest.
 const guestTmp = "/tmp"
+
+// GuestWorkDir is where the working directory appears in the guest. It is
+// fixed because the program sees its working directory (PWD, os.Getwd),
+// and a path that varied with the host would change the run.
+const GuestWorkDir = "/src"
 
 // Runner compiles and runs modules. It is safe for concurrent use: each
 // Run instantiates a fresh module with its own memory and clock.
@@ -169,7 +175,7 @@ type Config struct {
 	// Env holds extra KEY=VALUE pairs. DST_SEED, KELPIE_DST, PWD and TMPDIR
 	// are always set by the executor and cannot be overridden.
 	Env []string
-	// Dir is the host working directory, visible read-only at the same path
+	// Dir is the host working directory, visible read-only at GuestWorkDir
 	// and used as the program's working directory ("" for none).
 	Dir            string
 	Stdout, Stderr io.Writer
@@ -213,20 +219,15 @@ func (r *Runner) Run(ctx context.Context, m *Module, cfg Config) (Result, error)
 		WithNanosleep(clk.nanosleep).
 		WithOsyield(func() {})
 
-	fsc := wazero.NewFSConfig()
-	guestTmpDir := guestTmp
+	fsc := wazero.NewFSConfig().WithDirMount(tmp, guestTmp)
 	if cfg.Dir != "" {
 		dir, err := filepath.Abs(cfg.Dir)
 		if err != nil {
 			return Result{}, fmt.Errorf("working directory %s: %w", cfg.Dir, err)
 		}
-		fsc = fsc.WithReadOnlyDirMount(dir, filepath.ToSlash(dir))
-		if dir == guestTmp || strings.HasPrefix(dir, guestTmp+"/") {
-			guestTmpDir = "/kelpie-dst-tmp"
-		}
-		mc = mc.WithEnv("PWD", filepath.ToSlash(dir))
+		fsc = fsc.WithReadOnlyDirMount(dir, GuestWorkDir)
+		mc = mc.WithEnv("PWD", GuestWorkDir)
 	}
-	fsc = fsc.WithDirMount(tmp, guestTmpDir)
 	mc = mc.WithFSConfig(fsc)
 
 	for _, kv := range cfg.Env {
@@ -242,8 +243,8 @@ func (r *Runner) Run(ctx context.Context, m *Module, cfg Config) (Result, error)
 	}
 	mc = mc.WithEnv("DST_SEED", fmt.Sprint(cfg.Seed)).
 		WithEnv("KELPIE_DST", "1").
-		WithEnv("TMPDIR", guestTmpDir).
-		WithEnv("HOME", guestTmpDir)
+		WithEnv("TMPDIR", guestTmp).
+		WithEnv("HOME", guestTmp)
 
 	start := time.Now()
 	mod, err := r.rt.InstantiateModule(ctx, m.compiled, mc)

@@ -251,3 +251,40 @@ func TestMain(m *testing.M) {
 	}
 	os.Exit(code)
 }
+
+// TestRunDoesNotDependOnCheckoutPath: the same program and seed in two
+// different host directories see the same world and print the same output.
+func TestRunDoesNotDependOnCheckoutPath(t *testing.T) {
+	r, err := executor.NewRunner(context.Background(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close(context.Background())
+	m, err := r.Compile(context.Background(), program(t, "probe"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, err := os.ReadFile("testdata/probe/main.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var outs []string
+	for _, name := range []string{"a", "a-much-longer-checkout-path"} {
+		dir := filepath.Join(t.TempDir(), name)
+		if err := os.MkdirAll(filepath.Join(dir, "testdata", "probe"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(dir, "testdata", "probe", "main.go"), src, 0o644)
+		var out bytes.Buffer
+		if _, err := r.Run(context.Background(), m, executor.Config{Seed: 3, Dir: dir, Stdout: &out, Stderr: &out}); err != nil {
+			t.Fatal(err)
+		}
+		outs = append(outs, out.String())
+	}
+	if outs[0] != outs[1] {
+		t.Fatalf("output depends on the host directory:\n%s\n---\n%s", outs[0], outs[1])
+	}
+	if !strings.Contains(outs[0], "PWD="+executor.GuestWorkDir) || !strings.Contains(outs[0], "testdata-read=ok") {
+		t.Fatalf("probe output:\n%s", outs[0])
+	}
+}

@@ -61,20 +61,37 @@ check)
 	echo "sweeping seeds $seeds:"
 	start=$(date +%s)
 	total=0
+	swept=$(mktemp)
+	trap 'rm -rf "$a" "$b" "$bindir" "$swept"' EXIT
 	for p in $pkgs; do
 		name=$(echo "${p#./}" | tr '/' '_')
-		GOOS=wasip1 GOARCH=wasm go test -c -o "$bindir/$name.test" "$p"
+		# The binary's name and arguments are inputs of the run like any
+		# other: they are exactly what go test -exec gives it in one_seed,
+		# so that a seed that fails here replays with make sim.
+		mkdir -p "$bindir/$name"
+		bin=$bindir/$name/$(basename "$p").test
+		GOOS=wasip1 GOARCH=wasm go test -c -o "$bin" "$p"
 		sweeplog=$logs/sweep-$name.log
-		if ! (cd "$p" && "$dst" -seeds "$seeds" -q "$bindir/$name.test" -test.run="$run" -test.v=true -test.timeout=10m) >"$sweeplog" 2>&1; then
+		if ! (cd "$p" && "$dst" -seeds "$seeds" -q "$bin" -test.paniconexit0 -test.count=1 -test.v=true -test.timeout=10m0s -test.run="$run") >"$sweeplog" 2>&1; then
 			echo "sweep of $p failed (full log: $sweeplog):" >&2
 			grep -vE '^dst ' "$sweeplog" | tail -n 60 >&2
 			exit 1
 		fi
+		grep "^dst .* seed=$seed " "$sweeplog" >>"$swept" || true
 		n=$(grep -c '^dst ' "$sweeplog" || true)
 		total=$((total + n))
 		echo "  $p: $n simulations passed"
 	done
 	echo "sweep $seeds: $total simulations passed in $(( $(date +%s) - start ))s"
+	# Where the sweep covered SEED, its runs must be the ones make sim replays.
+	if [ -s "$swept" ] && ! cmp -s <(sort "$a") <(sort "$swept"); then
+		echo "the sweep's runs of seed $seed differ from make sim's: a sweep failure would not replay" >&2
+		diff <(sort "$a") <(sort "$swept") >&2 || true
+		exit 1
+	fi
+	if [ -s "$swept" ]; then
+		echo "seed $seed in the sweep: the same traces as make sim"
+	fi
 	;;
 *)
 	echo "sim.sh: unknown mode $mode (want run or check)" >&2

@@ -3,8 +3,10 @@ package sim
 import (
 	"flag"
 	"fmt"
+	"os"
 	"runtime"
 	"runtime/debug"
+	"sort"
 	"strings"
 	"testing"
 )
@@ -54,7 +56,7 @@ func Run(t *testing.T, fn func(s *Simulation) error) {
 		for _, e := range res.Tail {
 			fmt.Fprintf(&b, "  %s\n", e)
 		}
-		fmt.Fprintf(&b, "replay: %s", ReplayCommand(pkg, testRunPattern(), seed))
+		fmt.Fprintf(&b, "replay: %s", ReplayCommand(pkg, testRunPattern(), seed, ConfigEnv(os.Environ())...))
 		t.Log(b.String())
 	}()
 	fnErr = fn(s)
@@ -66,12 +68,46 @@ func Run(t *testing.T, fn func(s *Simulation) error) {
 // -test.run pattern the process was started with: the Go runtime's random
 // state and heap carry from one test to the next within a process, so a
 // simulation replays exactly only with the same tests before it, and the
-// command reruns the same set, in the same order.
-func ReplayCommand(pkg, run string, seed uint64) string {
+// command reruns the same set, in the same order. env holds the KEY=VALUE
+// variables that configured the run; the command sets them again.
+func ReplayCommand(pkg, run string, seed uint64, env ...string) string {
 	if run == "" {
 		run = "."
 	}
-	return fmt.Sprintf("make sim SEED=%d PKG=%s RUN='%s'", seed, pkg, strings.ReplaceAll(run, "'", `'\''`))
+	var vars strings.Builder
+	for _, kv := range env {
+		k, v, _ := strings.Cut(kv, "=")
+		fmt.Fprintf(&vars, "%s='%s' ", k, strings.ReplaceAll(v, "'", `'\''`))
+	}
+	return fmt.Sprintf("%smake sim SEED=%d PKG=%s RUN='%s'", vars.String(), seed, pkg, strings.ReplaceAll(run, "'", `'\''`))
+}
+
+// ConfigVar reports whether the environment variable key configures a
+// simulation, and so is handed to it by the executor and set again by a
+// replay: DST_*, KELPIE_*, GODEBUG and GOTRACEBACK, but not the seed itself
+// (DST_SEED), the executor's marker (KELPIE_DST) or the variables of the
+// host tools (KELPIE_DST_CACHE, KELPIE_SCENARIOS), which a run must not
+// depend on.
+func ConfigVar(key string) bool {
+	switch key {
+	case SeedEnv, "KELPIE_DST", "KELPIE_DST_CACHE", "KELPIE_SCENARIOS":
+		return false
+	case "GODEBUG", "GOTRACEBACK":
+		return true
+	}
+	return strings.HasPrefix(key, "DST_") || strings.HasPrefix(key, "KELPIE_")
+}
+
+// ConfigEnv keeps the entries of env whose variable is a ConfigVar, sorted.
+func ConfigEnv(env []string) []string {
+	var out []string
+	for _, kv := range env {
+		if k, _, _ := strings.Cut(kv, "="); ConfigVar(k) {
+			out = append(out, kv)
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 // testRunPattern is the -test.run pattern of this test process, "" if none.

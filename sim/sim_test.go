@@ -359,3 +359,19 @@ func TestReplayCommand(t *testing.T) {
 		t.Errorf("quote not escaped: %q", got)
 	}
 }
+
+func TestReplayCommandSetsTheRunsVariables(t *testing.T) {
+	got := sim.ReplayCommand("./simnet", "^TestSim", 5, "DST_X=a b", "GODEBUG=x=1")
+	if want := "DST_X='a b' GODEBUG='x=1' make sim SEED=5 PKG=./simnet RUN='^TestSim'"; got != want {
+		t.Errorf("ReplayCommand = %q, want %q", got, want)
+	}
+}
+
+func TestConfigEnv(t *testing.T) {
+	host := []string{"PATH=/bin", "KELPIE_DST_CACHE=/c", "KELPIE_Z=1", "DST_SEED=4", "KELPIE_DST=1",
+		"GOTRACEBACK=all", "KELPIE_SCENARIOS=/s.wasm", "DST_A=2", "HOME=/root"}
+	got := strings.Join(sim.ConfigEnv(host), " ")
+	if want := "DST_A=2 GOTRACEBACK=all KELPIE_Z=1"; got != want {
+		t.Errorf("ConfigEnv = %q, want %q", got, want)
+	}
+}

@@ -84,9 +84,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		*timeout = testTimeout
 	}
 	wd, _ := os.Getwd()
+	env := executor.GuestEnv(os.Environ())
 	base := executor.Config{
 		Args:        progArgs,
-		Env:         passEnv(os.Environ()),
+		Env:         env,
 		Dir:         wd,
 		RealTimeout: *timeout,
 	}
@@ -104,12 +105,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		cfg.Seed, cfg.Stdout, cfg.Stderr = seed, stdout, stderr
 		res, err := runner.Run(ctx, mod, cfg)
 		if err != nil {
-			fmt.Fprintf(stderr, "kelpie-dst: %v\nkelpie-dst: seed=%d; replay: %s\n", err, seed, replay(wd, seed, prog, progArgs))
+			fmt.Fprintf(stderr, "kelpie-dst: %v\nkelpie-dst: seed=%d; replay: %s\n", err, seed, replay(wd, seed, env, prog, progArgs))
 			return 1
 		}
 		if res.ExitCode != 0 {
 			fmt.Fprintf(stderr, "kelpie-dst: exit status %d with seed=%d (virtual %s, real %s)\nkelpie-dst: replay: %s\n",
-				res.ExitCode, seed, res.Virtual, res.Real.Round(time.Millisecond), replay(wd, seed, prog, progArgs))
+				res.ExitCode, seed, res.Virtual, res.Real.Round(time.Millisecond), replay(wd, seed, env, prog, progArgs))
 		}
 		return int(res.ExitCode)
 	}
@@ -173,7 +174,7 @@ func sweep(ctx context.Context, runner *executor.Runner, mod *executor.Module, b
 			cfg.Seed, cfg.Stdout, cfg.Stderr = seed, &out, &out
 			res, err := runner.Run(ctx, mod, cfg)
 			lines := summaryLines(out.Bytes())
-			again := replay(wd, seed, prog, progArgs)
+			again := replay(wd, seed, base.Env, prog, progArgs)
 			switch {
 			case err != nil:
 				o.failures = append(o.failures, fmt.Sprintf("seed=%d: %v; replay: %s", seed, err, again))
@@ -284,23 +285,11 @@ func diffLines(a, b []string) string {
 	return ""
 }
 
-// passEnv keeps the host variables a simulation may be configured by; the
-// rest of the host environment would be an uncontrolled input.
-func passEnv(env []string) []string {
-	var out []string
-	for _, kv := range env {
-		k, _, _ := strings.Cut(kv, "=")
-		if strings.HasPrefix(k, "DST_") || strings.HasPrefix(k, "KELPIE_") || k == "GODEBUG" || k == "GOTRACEBACK" {
-			out = append(out, kv)
-		}
-	}
-	return out
-}
-
-// replay is the command that reruns this program with seed: a go test
+// replay is the command that reruns this program with seed and the host
+// variables that reached it (env, from executor.GuestEnv): a go test
 // command when the program is a test binary run from a package directory
 // inside a module, else a kelpie-dst command.
-func replay(wd string, seed uint64, prog string, args []string) string {
+func replay(wd string, seed uint64, env []string, prog string, args []string) string {
 	self, err := os.Executable()
 	if err != nil {
 		self = "kelpie-dst"
@@ -313,16 +302,21 @@ func replay(wd string, seed uint64, prog string, args []string) string {
 			testArgs = append(testArgs, "-run", shellQuote(v))
 		}
 	}
+	vars := fmt.Sprintf("DST_SEED=%d", seed)
+	for _, kv := range env {
+		k, v, _ := strings.Cut(kv, "=")
+		vars += " " + k + "=" + shellQuote(v)
+	}
 	root, rel, ok := moduleDir(wd)
 	if !ok || !isTest {
 		quoted := make([]string, len(args))
 		for i, a := range args {
 			quoted[i] = shellQuote(a)
 		}
-		return strings.TrimSpace(fmt.Sprintf("DST_SEED=%d %s %s %s", seed, shellQuote(self), shellQuote(prog), strings.Join(quoted, " ")))
+		return strings.TrimSpace(fmt.Sprintf("%s %s %s %s", vars, shellQuote(self), shellQuote(prog), strings.Join(quoted, " ")))
 	}
-	return fmt.Sprintf("cd %s && DST_SEED=%d GOOS=wasip1 GOARCH=wasm go test -count=1 -v -exec %s %s ./%s",
-		shellQuote(root), seed, shellQuote(self), strings.Join(testArgs, " "), filepath.ToSlash(rel))
+	return fmt.Sprintf("cd %s && %s GOOS=wasip1 GOARCH=wasm go test -count=1 -v -exec %s %s ./%s",
+		shellQuote(root), vars, shellQuote(self), strings.Join(testArgs, " "), filepath.ToSlash(rel))
 }
 
 // moduleDir finds the module root above dir and dir's path relative to it.

@@ -30,11 +30,11 @@ func build(t *testing.T) (dst, simTest string) {
 
 var canaryLine = regexp.MustCompile(`(?m)^dst TestSimCanary seed=(\d+) trace=([0-9a-f]{64}) virtual=(\S+)$`)
 
-func runCanary(t *testing.T, dst, simTest, seed string) (line, trace, virtual string) {
+func runCanary(t *testing.T, dst, simTest, seed string, env ...string) (line, trace, virtual string) {
 	t.Helper()
 	cmd := exec.Command(dst, simTest, "-test.run=^TestSimCanary$", "-test.v=true", "-test.timeout=10m")
 	cmd.Dir = "../../sim"
-	cmd.Env = append(os.Environ(), "DST_SEED="+seed)
+	cmd.Env = append(append(os.Environ(), env...), "DST_SEED="+seed)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("canary seed %s: %v\n%s", seed, err, out)
@@ -116,6 +116,30 @@ func TestFailurePrintsReplay(t *testing.T) {
 	}
 	if !strings.Contains(string(out), "seed=77") || !strings.Contains(string(out), "DST_SEED=77") || !strings.Contains(string(out), "go test") {
 		t.Fatalf("no seed and replay command in:\n%s", out)
+	}
+}
+
+// TestTraceIgnoresHostOnlyVariables: the host tools' own settings (where
+// the compilation cache lives) do not reach the guest, so they cannot change
+// a trace; a variable that does reach it is named in the replay command.
+func TestTraceIgnoresHostOnlyVariables(t *testing.T) {
+	dst, simTest := build(t)
+	cacheA, cacheB := filepath.Join(t.TempDir(), "c"), filepath.Join(t.TempDir(), "a-much-longer-cache-directory-name")
+	a, _, _ := runCanary(t, dst, simTest, "9", "KELPIE_DST_CACHE="+cacheA, "KELPIE_SCENARIOS=/x.wasm")
+	b, _, _ := runCanary(t, dst, simTest, "9", "KELPIE_DST_CACHE="+cacheB)
+	if a != b {
+		t.Fatalf("the cache directory changed the trace:\n%s\n%s", a, b)
+	}
+
+	cmd := exec.Command(dst, simTest, "-test.run=^TestNoSuchTestButFailOnPurpose$", "-test.badflag")
+	cmd.Dir = "../../sim"
+	cmd.Env = append(os.Environ(), "DST_SEED=78", "DST_EXTRA=a b", "KELPIE_DST_CACHE="+cacheA)
+	out, _ := cmd.CombinedOutput()
+	if !strings.Contains(string(out), "DST_SEED=78 DST_EXTRA='a b' ") {
+		t.Errorf("the replay does not carry the variable that reached the guest:\n%s", out)
+	}
+	if strings.Contains(string(out), "KELPIE_DST_CACHE") {
+		t.Errorf("the replay carries a host-only variable:\n%s", out)
 	}
 }
 

@@ -13,7 +13,7 @@ import (
 )
 
 // The fixture is a tiny module with Kelpie's module path, so the real
-// allow-list applies: kv/bad is a simulated package that dials, cmd/ok is a
+// allow-list applies: kv/bad is a simulated package that dials, cmd/kelpie is a
 // binary that may listen, vm/image may exec, and kv/good uses only what
 // simulation offers.
 var fixture = map[string]string{
@@ -87,7 +87,7 @@ import (
 
 func TestExecExternal(t *testing.T) { _ = exec.Command("true") }
 `,
-	"cmd/ok/main.go": `package main
+	"cmd/kelpie/main.go": `package main
 
 import "net"
 
@@ -149,7 +149,7 @@ func run(t *testing.T, dir, name string, args ...string) (string, int) {
 func TestStandaloneAndVet(t *testing.T) {
 	bin, dir := build(t)
 	wants := []string{
-		filepath.Join("kv", "bad", "bad.go") + ":7:9: net.Dial opens a real socket [socket]; allowed only in cmd/...",
+		filepath.Join("kv", "bad", "bad.go") + ":7:9: net.Dial opens a real socket [socket]; allowed only in cmd/kelpie,",
 		// Test files are checked too (exec is not among their exemptions).
 		filepath.Join("kv", "bad", "bad_test.go") + `:4:2: import "os/exec" starts real processes [exec]`,
 	}

@@ -13,8 +13,9 @@
 //     clock subscription advances it by the full timeout, at once) plus a tiny
 //     fixed step per reading, so a loop that polls the clock still
 //     progresses;
-//   - arguments and environment: exactly what the caller passes, plus
-//     DST_SEED, KELPIE_DST=1, PWD and TMPDIR;
+//   - arguments and environment: exactly what the caller passes (the
+//     environment sorted; GuestEnv picks a host's variables), plus DST_SEED,
+//     KELPIE_DST=1, PWD, TMPDIR and HOME;
 //   - the filesystem: the working directory, read-only at /src (a fixed path,
 //     so a run does not depend on where the checkout lives), and a fresh
 //     empty directory as /tmp; nothing else of the host is visible.
@@ -33,10 +34,12 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/kelpie-go/kelpie/sim"
 	"github.com/tetratelabs/wazero"
 	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
 	"github.com/tetratelabs/wazero/sys"
@@ -103,6 +106,14 @@ func NewRunner(ctx context.Context, cacheDir string) (*Runner, error) {
 	}
 	return &Runner{rt: rt, cache: cache, compiled: map[string]*Module{}}, nil
 }
+
+// GuestEnv picks from a host environment the variables a simulation may be
+// configured by (sim.ConfigVar: DST_*, KELPIE_*, GODEBUG, GOTRACEBACK, less
+// the seed, the executor's marker and the host tools' own settings).
+// Everything handed to the guest is an input: even a variable it never reads
+// shifts its heap and so its trace, which is why a cache path must not reach
+// it.
+func GuestEnv(host []string) []string { return sim.ConfigEnv(host) }
 
 // DefaultCacheDir is where compiled modules are cached: $KELPIE_DST_CACHE,
 // or kelpie-dst under the user's cache directory.
@@ -230,7 +241,11 @@ func (r *Runner) Run(ctx context.Context, m *Module, cfg Config) (Result, error)
 	}
 	mc = mc.WithFSConfig(fsc)
 
-	for _, kv := range cfg.Env {
+	// Sorted, so that the order the caller collected them in (the host's
+	// environment order) does not reach the guest's memory.
+	env := slices.Clone(cfg.Env)
+	slices.Sort(env)
+	for _, kv := range env {
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok || k == "" {
 			return Result{}, fmt.Errorf("environment entry %q: want KEY=VALUE", kv)

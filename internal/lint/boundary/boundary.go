@@ -15,7 +15,7 @@
 //
 // Each finding names the call, the rule and the packages that own it:
 //
-//	kv/etcd/client.go:40:9: net.Dial opens a real socket [socket]; allowed only in cmd/..., vm/qemu, vm/firecracker (internal/lint/boundary/allow.go); take a net.Listener or a dial func from the caller (simnet supplies them under simulation)
+//	kv/etcd/client.go:40:9: net.Dial opens a real socket [socket]; allowed only in cmd/kelpie, vm/qemu, vm/firecracker (internal/lint/boundary/allow.go); take a net.Listener or a dial func from the caller (simnet supplies them under simulation)
 package boundary
 
 import (

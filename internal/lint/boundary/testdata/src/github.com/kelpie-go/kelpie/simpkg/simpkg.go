@@ -10,13 +10,13 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec" // want `import "os/exec" starts real processes \[exec\]; allowed only in cmd/\.\.\., cmd/kelpie-guest, internal/executor, vm/qemu, vm/firecracker, vm/image`
+	"os/exec" // want `import "os/exec" starts real processes \[exec\]; allowed only in cmd/kelpie, cmd/kelpie-dst, cmd/kelpie-guest, cmd/kelpie-lint, internal/executor, vm/qemu, vm/firecracker, vm/image`
 	"plugin"  // want `import "plugin" loads native code at run time \[plugin\]; allowed in no package`
 	"syscall"
 )
 
 func sockets(ctx context.Context) {
-	net.Dial("tcp", "x:1")           // want `net\.Dial opens a real socket \[socket\]; allowed only in cmd/\.\.\., vm/qemu, vm/firecracker \(internal/lint/boundary/allow\.go\); take a net\.Listener or a dial func`
+	net.Dial("tcp", "x:1")           // want `net\.Dial opens a real socket \[socket\]; allowed only in cmd/kelpie, cmd/kelpie-guest, vm/qemu, vm/firecracker \(internal/lint/boundary/allow\.go\); take a net\.Listener or a dial func`
 	net.DialTimeout("tcp", "x:1", 0) // want `net\.DialTimeout opens a real socket \[socket\]`
 	net.Listen("tcp", ":0")          // want `net\.Listen opens a real listening socket \[socket\]`
 	net.ListenPacket("udp", ":0")    // want `net\.ListenPacket opens a real listening socket`
@@ -51,7 +51,7 @@ func promoted(e embedded) {
 }
 
 func httpDefault() {
-	http.Get("http://x")                              // want `http\.Get uses http\.DefaultClient, which dials real sockets \[http-default\]; allowed only in cmd/\.\.\. \(internal/lint/boundary/allow\.go\); take an \*http\.Client`
+	http.Get("http://x")                              // want `http\.Get uses http\.DefaultClient, which dials real sockets \[http-default\]; allowed in no package \(internal/lint/boundary/allow\.go\); take an \*http\.Client`
 	http.Post("http://x", "text/plain", nil)          // want `http\.Post uses http\.DefaultClient`
 	http.Head("http://x")                             // want `http\.Head uses http\.DefaultClient`
 	http.DefaultClient.Do(nil)                        // want `http\.DefaultClient dials real sockets \[http-default\]`
@@ -65,7 +65,7 @@ func processes() {
 	exec.Command("true")                   // the import is the one diagnostic for os/exec
 	os.StartProcess("/bin/true", nil, nil) // want `os\.StartProcess starts a real process \[exec\]`
 	os.FindProcess(1)                      // want `os\.FindProcess reaches a real process \[exec\]`
-	syscall.Kill(1, syscall.SIGTERM)       // want `syscall\.Kill makes a raw system call \[syscall\]; allowed only in cmd/\.\.\., cmd/kelpie-guest, vm/qemu, vm/firecracker`
+	syscall.Kill(1, syscall.SIGTERM)       // want `syscall\.Kill makes a raw system call \[syscall\]; allowed only in cmd/kelpie-guest, vm/qemu, vm/firecracker`
 	_ = syscall.Stdin                      // want `syscall\.Stdin is raw operating-system state \[syscall\]`
 	plugin.Open("x.so")
 }

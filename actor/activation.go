@@ -13,11 +13,16 @@ import (
 	"github.com/kelpie-go/kelpie/kv"
 )
 
-// A request's life: queued in a mailbox, then either started by the actor's
-// goroutine or abandoned by its caller, whichever happens first.
+// A request's life: queued in a mailbox, then started by the actor's
+// goroutine, then handed to the group commit. Its caller may abandon it
+// (its context ended, or the invocation's deadline passed) while it is
+// queued or started, but not once it is committing: each step is a
+// compare-and-swap, so the caller and the actor agree on whether the
+// invocation can still have an effect. An abandoned request never commits.
 const (
 	reqQueued int32 = iota
 	reqStarted
+	reqCommitting
 	reqAbandoned
 )
 
@@ -28,6 +33,9 @@ type request struct {
 	deadline time.Time
 	state    atomic.Int32
 	reply    chan result // buffered: the actor never blocks on a caller
+	// timer fires at deadline for a caller whose context ends later; it is
+	// kept with the pooled request, so an invocation does not allocate one.
+	timer *time.Timer
 }
 
 type result struct {
@@ -270,6 +278,12 @@ func (a *activation) execute(req *request) (out []byte, err error, drop error) {
 			err = &kv.LimitError{What: "transaction", Size: n, Limit: kv.TransactionLimit, Err: kv.ErrTransactionTooLarge}
 			err = fmt.Errorf("actor %s: %w", a.id, err)
 		}
+	}
+	if err == nil && !req.state.CompareAndSwap(reqStarted, reqCommitting) {
+		// The caller gave up while the handler ran (a handler that does
+		// not watch its context can outlive the deadline) and was told
+		// the invocation will not commit.
+		err = fmt.Errorf("actor %s: %w: the caller stopped waiting during the handler; rolled back", a.id, ErrTimeout)
 	}
 	if err != nil {
 		// The handler failed: nothing was submitted.

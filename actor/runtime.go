@@ -190,9 +190,12 @@ func (r *Runtime) record(format string, args ...any) {
 }
 
 // Invoke sends method and payload to the actor id, activating it if needed,
-// and waits for its reply. The invocation must commit before the earlier of
-// ctx's deadline and Config.InvocationTimeout. Errors are described in the
-// package doc: all mean "no effect" except ErrOutcomeUnknown.
+// and waits for its reply, at most until the earlier of ctx's deadline and
+// Config.InvocationTimeout. An invocation not yet handed to the commit by
+// then never commits: Invoke returns ErrTimeout (or ctx's error) at once,
+// even if the handler is still running. One whose commit is in flight
+// returns ErrOutcomeUnknown. Errors are described in the package doc: all
+// mean "no effect" except ErrOutcomeUnknown.
 func (r *Runtime) Invoke(ctx context.Context, id ID, method string, payload []byte) ([]byte, error) {
 	if err := id.Validate(); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
@@ -217,17 +220,42 @@ func (r *Runtime) Invoke(ctx context.Context, id ID, method string, payload []by
 		r.recycle(req)
 		return nil, err
 	}
+	// ctx.Done covers a caller deadline that is the invocation's; an
+	// earlier InvocationTimeout needs a timer of its own.
+	var expired <-chan time.Time
+	if d, ok := ctx.Deadline(); !ok || deadline.Before(d) {
+		if req.timer == nil {
+			req.timer = time.NewTimer(time.Until(deadline))
+		} else {
+			req.timer.Reset(time.Until(deadline))
+		}
+		expired = req.timer.C
+	}
+	var why error
 	select {
 	case res := <-req.reply:
+		if expired != nil {
+			req.timer.Stop()
+		}
 		// The actor is done with req once it has replied.
 		r.recycle(req)
 		return res.out, res.err
 	case <-ctx.Done():
-		if req.state.CompareAndSwap(reqQueued, reqAbandoned) {
-			return nil, fmt.Errorf("actor %s: %w before the invocation started; it will not run", id, ctx.Err())
-		}
-		return nil, fmt.Errorf("actor %s: %w: %w while the invocation was running", id, ErrOutcomeUnknown, ctx.Err())
+		why = ctx.Err()
+	case <-expired:
+		why = ErrTimeout
 	}
+	if expired != nil {
+		req.timer.Stop()
+	}
+	// req is not recycled: the actor may still hold it.
+	switch {
+	case req.state.CompareAndSwap(reqQueued, reqAbandoned):
+		return nil, fmt.Errorf("actor %s: %w before the invocation started; it will not run", id, why)
+	case req.state.CompareAndSwap(reqStarted, reqAbandoned):
+		return nil, fmt.Errorf("actor %s: %w while the handler ran; it is rolled back and will not commit", id, why)
+	}
+	return nil, fmt.Errorf("actor %s: %w: %w while the invocation was committing", id, ErrOutcomeUnknown, why)
 }
 
 // enqueue puts req in id's mailbox, activating id when it is not active.

@@ -66,6 +66,16 @@ func (c *counter) Receive(call *actor.Call) ([]byte, error) {
 		}
 		c.n++
 		return nil, nil
+	case "stubborn":
+		// Ignores its context: it runs for the payload's duration whatever
+		// the deadline says.
+		d, err := time.ParseDuration(string(call.Payload()))
+		if err != nil {
+			return nil, err
+		}
+		time.Sleep(d)
+		c.n += 100
+		return nil, nil
 	case "rw":
 		if err := call.Set([]byte("k"), call.Payload()); err != nil {
 			return nil, err
@@ -312,6 +322,36 @@ func TestTimeoutRollsBack(t *testing.T) {
 		_, err = rt.Invoke(ctx, id, "sleep", nil)
 		if err == nil || time.Since(start) != 100*time.Millisecond {
 			t.Fatalf("caller deadline: err %v after %s, want an error after 100ms", err, time.Since(start))
+		}
+		_ = rt.Close()
+	})
+}
+
+// TestTimeoutReleasesTheCaller: a handler that ignores its context cannot
+// hold its caller, or the callers queued behind it, past their deadlines,
+// and what it did after its caller gave up never commits.
+func TestTimeoutReleasesTheCaller(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rt, _, _ := newRuntime(t, memkv.New(), nil, func(c *actor.Config) { c.InvocationTimeout = 20 * time.Millisecond })
+		id := actor.MustID("counter", "stubborn")
+		invoke(t, rt, id, "add", "3")
+		errs := make(chan error, 2)
+		start := time.Now()
+		go func() { _, err := rt.Invoke(context.Background(), id, "stubborn", []byte("500ms")); errs <- err }()
+		time.Sleep(5 * time.Millisecond)
+		go func() { _, err := rt.Invoke(context.Background(), id, "add", []byte("1")); errs <- err }()
+		for i, want := range []time.Duration{20 * time.Millisecond, 25 * time.Millisecond} {
+			err := <-errs
+			if !errors.Is(err, actor.ErrTimeout) || errors.Is(err, actor.ErrOutcomeUnknown) {
+				t.Fatalf("invocation %d: %v, want ErrTimeout (no effect)", i, err)
+			}
+			if got := time.Since(start); got != want {
+				t.Fatalf("invocation %d returned after %s, want %s (its deadline)", i, got, want)
+			}
+		}
+		time.Sleep(time.Second) // the stubborn handler finishes, and is rolled back
+		if got := invoke(t, rt, id, "get", ""); got != "3" {
+			t.Fatalf("get = %s, want 3: an invocation whose caller timed out committed", got)
 		}
 		_ = rt.Close()
 	})

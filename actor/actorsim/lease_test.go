@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -86,12 +87,14 @@ func TestSimRuntimeReactsToPlacementFaults(t *testing.T) {
 	})
 }
 
-// A caller that gives up while its invocation runs is told the outcome is
-// unknown; one that gives up while it waits is told it will not run, and it
-// does not.
+// A caller that gives up while its invocation waits is told it will not
+// run; while its handler runs, that it is rolled back; while its commit is
+// in flight, that the outcome is unknown. The ledger checks each: the first
+// two never take effect.
 func TestSimCallerGivingUp(t *testing.T) {
 	sim.Run(t, func(s *sim.Simulation) error {
-		// Slow commits, so a caller can give up during one.
+		// Slow store I/O (a handler's read, the commit), so a caller can give
+		// up during each step.
 		s.Faults().MustInject(sim.Fault{Kind: simkv.FaultLatency, P: 1, Delay: 50 * time.Millisecond})
 		h := newHarness(s, true)
 		if _, err := h.localNode("n1", actor.Config{}); err != nil {
@@ -103,8 +106,8 @@ func TestSimCallerGivingUp(t *testing.T) {
 		if _, err := rt.Invoke(context.Background(), id, "add", []byte("w")); h.c.file(id, "w", err) != acked {
 			return fmt.Errorf("warm-up: %v", err)
 		}
-		// Two invocations: the first is running (its commit is slow) when
-		// both callers give up; the second is still queued.
+		// Two invocations: the first is in its handler (reading, slowly)
+		// when both callers give up; the second is still queued.
 		ctx, cancel := context.WithCancel(context.Background())
 		errs := make(chan error, 2)
 		go func() { _, err := rt.Invoke(ctx, id, "slow-add", []byte("r")); errs <- err }()
@@ -115,18 +118,31 @@ func TestSimCallerGivingUp(t *testing.T) {
 		e1, e2 := <-errs, <-errs
 		var running, queued error
 		for _, e := range []error{e1, e2} {
-			if errors.Is(e, actor.ErrOutcomeUnknown) {
+			if strings.Contains(fmt.Sprint(e), "while the handler ran") {
 				running = e
 			} else {
 				queued = e
 			}
 		}
-		if running == nil || !errors.Is(queued, context.Canceled) {
-			return fmt.Errorf("errors %v and %v: want one ErrOutcomeUnknown (running) and one context.Canceled (queued)", e1, e2)
+		if !errors.Is(running, context.Canceled) || errors.Is(running, actor.ErrOutcomeUnknown) || !errors.Is(queued, context.Canceled) || errors.Is(queued, actor.ErrOutcomeUnknown) {
+			return fmt.Errorf("errors %v and %v: want context.Canceled for the running one (rolled back) and the queued one (will not run)", e1, e2)
 		}
 		h.c.file(id, "r", running)
 		h.c.file(id, "q", queued)
-		time.Sleep(time.Second) // let the running one finish
+		time.Sleep(time.Second) // let the running handler finish and be rolled back
+
+		// A third gives up after its handler is done (5ms of work and a 50ms
+		// read), while its commit is in the store.
+		ctx, cancel = context.WithCancel(context.Background())
+		go func() { _, err := rt.Invoke(ctx, id, "slow-add", []byte("c")); errs <- err }()
+		time.Sleep(100 * time.Millisecond)
+		cancel()
+		committing := <-errs
+		if !errors.Is(committing, actor.ErrOutcomeUnknown) {
+			return fmt.Errorf("gave up during the commit: %v, want ErrOutcomeUnknown", committing)
+		}
+		h.c.file(id, "c", committing)
+		time.Sleep(time.Second) // let the commit finish
 		return h.verify(1, []string{"n1"})
 	})
 }

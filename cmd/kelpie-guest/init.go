@@ -131,7 +131,8 @@ func openChannel(path string) (*os.File, error) {
 	return f, nil
 }
 
-// The virtio-serial channel.
+// Kernel modules (for the virtio-serial and vsock channels) and the
+// virtio-serial channel.
 const (
 	// moduleList is where the image lists kernel modules to load
 	// (vm/image.ModuleListPath).
@@ -145,26 +146,39 @@ const (
 	maxModules = 64
 )
 
-// setupVirtioPort loads the modules the image lists and returns the device
-// of the agent's virtio port, or "" when the image has no modules (a
-// serial-only image).
-func setupVirtioPort() (string, error) {
-	b, err := os.ReadFile(moduleList)
+// loadModules loads the kernel modules listed in the file list (the
+// image's moduleList), in order, and returns how many the list has and how
+// many loaded. A module that fails is reported in err and the rest are
+// still tried: the list holds the modules of independent channels
+// (virtio-serial, vsock), and one channel's broken module must not cost the
+// other. Its dependents fail with it and say so. No list (a serial-only
+// image) is listed == 0 and no error.
+func loadModules(list string) (listed, loaded int, err error) {
+	b, err := os.ReadFile(list)
 	if errors.Is(err, os.ErrNotExist) {
-		return "", nil
+		return 0, 0, nil
 	}
 	if err != nil {
-		return "", err
+		return 0, 0, err
 	}
 	mods := strings.Fields(string(b))
 	if len(mods) > maxModules {
-		return "", fmt.Errorf("%s lists %d modules, the limit is %d", moduleList, len(mods), maxModules)
+		return len(mods), 0, fmt.Errorf("%s lists %d modules, the limit is %d", list, len(mods), maxModules)
 	}
+	var errs []error
 	for _, m := range mods {
 		if err := loadModule(m); err != nil {
-			return "", err
+			errs = append(errs, err)
+			continue
 		}
+		loaded++
 	}
+	return len(mods), loaded, errors.Join(errs...)
+}
+
+// waitVirtioPort returns the device of the agent's virtio port once its
+// node exists, waiting at most virtioPortWait after the modules loaded.
+func waitVirtioPort() (string, error) {
 	deadline := time.Now().Add(virtioPortWait)
 	for {
 		if dev := findVirtioPort(); dev != "" {

@@ -6,10 +6,13 @@
 // processes as init must, and serves the vm/guest protocol (exec, file
 // read/write/list, ping) on the channels the host reaches through the
 // hypervisor: the second serial port (kelpie.port= on the kernel command
-// line overrides it), and a virtio-serial port named org.kelpie.agent when
-// the image carries the kernel's virtio modules, which it loads first. It
-// never exits on a bad request; if its serial channel fails repeatedly it
-// powers the VM off, so the host sees a dead VM rather than a silent one.
+// line overrides it), a virtio-serial port named org.kelpie.agent when the
+// image carries the kernel's virtio modules, which it loads first, and
+// vsock port 1024 (guest.DefaultVsockPort; kelpie.vsock_port= overrides
+// it) when the kernel has vsock, built in or from the image's modules. A
+// guest without vsock is normal and only logged. It never exits on a bad
+// request; if its serial channel fails repeatedly it powers the VM off, so
+// the host sees a dead VM rather than a silent one.
 //
 // Outside a VM it serves the same protocol on a unix socket or on
 // stdin/stdout, which is how its tests and a developer drive it:
@@ -113,32 +116,44 @@ func runCommand(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "kelpie-guest: %v\n", err)
 			return 1
 		}
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				fmt.Fprintf(stderr, "kelpie-guest: %v\n", err)
-				return 1
-			}
-			go func() {
-				defer c.Close()
-				srv.Serve(ctx, c)
-			}()
-		}
+		err = newConnServer(srv, maxUnixConns, log.Printf).serve(ctx, ln)
+		fmt.Fprintf(stderr, "kelpie-guest: %s: %v\n", *listen, err)
+		return 1
 	}
 }
 
 // runInit is the agent as the VM's init process. It serves on the serial
 // port and, when the image carries the virtio modules, on a virtio-serial
-// port too; the host uses whichever answers (virtio is much faster).
+// port too, and on vsock when the kernel has it; the host uses whichever
+// answers (virtio and vsock are much faster than the UART). Every channel
+// shares one guest.Server, so the agent's uptime is one number.
 func runInit() {
 	setupInit()
-	h := newHandler(true)
-	if vport, err := setupVirtioPort(); err != nil {
-		log.Printf("virtio-serial channel unavailable, serving on the serial port only: %v", err)
-	} else if vport != "" {
-		go serveChannel(&guest.Server{Handler: h, Logf: log.Printf}, vport, false)
+	srv := &guest.Server{Handler: newHandler(true), Logf: log.Printf}
+	cmdline := readCmdline()
+	listed, loaded, err := loadModules(moduleList)
+	if err != nil {
+		log.Printf("kernel modules: %d of %d loaded: %v", loaded, listed, err)
 	}
-	serveChannel(&guest.Server{Handler: h, Logf: log.Printf}, portFromCmdline(), true)
+	// vsock gets its own goroutine, started before the wait for the
+	// virtio port, so that it never holds up the serial channels: on a
+	// kernel without vsock, socket() may first have the kernel try to load
+	// it on demand.
+	go serveVsock(srv, cmdline)
+	switch {
+	case listed == 0:
+		// A serial-only image.
+	case loaded == 0:
+		// Modules for another kernel release: no virtio port will come.
+		log.Printf("virtio-serial channel unavailable: none of the image's %d modules loaded", listed)
+	default:
+		if vport, err := waitVirtioPort(); err != nil {
+			log.Printf("virtio-serial channel unavailable: %v", err)
+		} else {
+			go serveChannel(srv, vport, false)
+		}
+	}
+	serveChannel(srv, portFrom(cmdline), true)
 }
 
 // serveChannel serves one channel until it fails maxPortFailures times in
@@ -172,17 +187,20 @@ func serveChannel(srv *guest.Server, port string, primary bool) {
 	powerOff()
 }
 
-// portFromCmdline reads kelpie.port=PATH from the kernel command line; the
-// last one wins, as with kernel parameters, so a VM's own command line can
-// override the backend's.
-func portFromCmdline() string {
+// readCmdline returns the kernel command line, "" if it cannot be read
+// (every setting then has its default).
+func readCmdline() string {
 	b, err := os.ReadFile("/proc/cmdline")
 	if err != nil {
-		return defaultPort
+		log.Printf("reading the kernel command line: %v", err)
+		return ""
 	}
-	return portFrom(string(b))
+	return string(b)
 }
 
+// portFrom reads kelpie.port=PATH from the kernel command line; the last
+// one wins, as with kernel parameters, so a VM's own command line can
+// override the backend's.
 func portFrom(cmdline string) string {
 	port := defaultPort
 	for _, f := range strings.Fields(cmdline) {

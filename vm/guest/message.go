@@ -19,6 +19,13 @@ const (
 	ProtocolName = "kelpie-guest"
 )
 
+// DefaultVsockPort is the vsock port the agent listens on when the guest
+// kernel has vsock. It lives here, with the protocol, because both ends must
+// agree on it: the agent (cmd/kelpie-guest, which moves it with
+// kelpie.vsock_port= on the kernel command line) and every host that dials
+// it (vm/firecracker's DefaultVsockPort).
+const DefaultVsockPort = 1024
+
 // Limits on requests. They keep every message inside MaxFrameBytes and bound
 // the work one request can ask of the guest.
 const (

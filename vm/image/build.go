@@ -79,8 +79,9 @@ type Options struct {
 	Busybox string
 	// Modules is a kernel's module directory (/lib/modules/RELEASE) to
 	// take VirtioModules from, giving the agent the fast virtio-serial
-	// channel; "" builds a serial-only image. The image then boots that
-	// kernel release only for virtio (other kernels fall back to serial).
+	// channel, and VsockModules when that kernel has them; "" builds a
+	// serial-only image. The image then boots that kernel release only for
+	// virtio and vsock (other kernels fall back to serial).
 	Modules string
 	// Progress, when set, is told each step as it starts.
 	Progress func(step string)
@@ -90,6 +91,14 @@ type Options struct {
 // channel (distribution kernels build virtio as modules); their
 // dependencies come from modules.dep.
 var VirtioModules = []string{"virtio_pci", "virtio_console"}
+
+// VsockModules are the modules the agent needs to listen on vsock when the
+// hypervisor offers a virtio-vsock device (Firecracker, QEMU's
+// vhost-vsock-pci): the virtio transport, which brings the vsock core and
+// the common transport code through modules.dep. Unlike VirtioModules they
+// are optional: a kernel with vsock built in, or without it, has none to
+// add, and the image is still useful over virtio-serial.
+var VsockModules = []string{"vmw_vsock_virtio_transport"}
 
 // ModuleListPath is where the image lists the modules to load, in order,
 // one path per line; the agent reads it at boot.
@@ -193,8 +202,8 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 
 	var mods []module
 	if opts.Modules != "" {
-		progress("adding virtio modules from " + opts.Modules)
-		if mods, err = loadModules(opts.Modules, VirtioModules); err != nil {
+		progress("adding virtio and vsock modules from " + opts.Modules)
+		if mods, err = loadModules(opts.Modules, VirtioModules, VsockModules); err != nil {
 			return nil, err
 		}
 	}
@@ -346,9 +355,11 @@ type module struct {
 	data []byte
 }
 
-// loadModules resolves wanted modules and their dependencies from
-// modules.dep in dir, in load order (dependencies first).
-func loadModules(dir string, wanted []string) ([]module, error) {
+// loadModules resolves the required and optional modules and their
+// dependencies from modules.dep in dir, in load order (dependencies first).
+// A required module missing from modules.dep is an error; an optional one
+// is left out (built into that kernel, or not configured in it).
+func loadModules(dir string, required, optional []string) ([]module, error) {
 	depFile := filepath.Join(dir, "modules.dep")
 	b, err := os.ReadFile(depFile)
 	if err != nil {
@@ -387,13 +398,20 @@ func loadModules(dir string, wanted []string) ([]module, error) {
 		order = append(order, m)
 		return nil
 	}
-	for _, w := range wanted {
+	for _, w := range required {
 		m, ok := byName[w]
 		if !ok {
 			return nil, fmt.Errorf("image: module %s is not in %s (built into this kernel, or another kernel's directory?)", w, depFile)
 		}
 		if err := visit(m, 0); err != nil {
 			return nil, err
+		}
+	}
+	for _, w := range optional {
+		if m, ok := byName[w]; ok {
+			if err := visit(m, 0); err != nil {
+				return nil, err
+			}
 		}
 	}
 	rel := filepath.Base(dir)

@@ -287,9 +287,32 @@ func TestBuildErrors(t *testing.T) {
 	}
 }
 
-func TestModulesInLoadOrder(t *testing.T) {
+// fakeModuleTree writes a /lib/modules/RELEASE-like directory with dep as
+// its modules.dep and every module it names, each holding "module PATH".
+func fakeModuleTree(t *testing.T, dep string) string {
+	t.Helper()
 	dir := filepath.Join(t.TempDir(), "6.1.0-test")
-	dep := `kernel/drivers/virtio/virtio.ko: kernel/drivers/virtio/virtio_ring.ko
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "modules.dep"), []byte(dep), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(dep, "\n") {
+		if m, _, ok := strings.Cut(line, ":"); ok {
+			if err := os.MkdirAll(filepath.Dir(filepath.Join(dir, m)), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(dir, m), []byte("module "+m), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	return dir
+}
+
+// virtioDep is the virtio part of a Debian cloud kernel's modules.dep.
+const virtioDep = `kernel/drivers/virtio/virtio.ko: kernel/drivers/virtio/virtio_ring.ko
 kernel/drivers/virtio/virtio_ring.ko:
 kernel/drivers/virtio/virtio_pci.ko: kernel/drivers/virtio/virtio_pci_legacy_dev.ko kernel/drivers/virtio/virtio_pci_modern_dev.ko kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko
 kernel/drivers/virtio/virtio_pci_legacy_dev.ko:
@@ -297,48 +320,146 @@ kernel/drivers/virtio/virtio_pci_modern_dev.ko:
 kernel/drivers/char/virtio_console.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko
 kernel/drivers/net/unrelated.ko:
 `
-	os.MkdirAll(filepath.Join(dir, "kernel/drivers/virtio"), 0o755)
-	os.MkdirAll(filepath.Join(dir, "kernel/drivers/char"), 0o755)
-	os.WriteFile(filepath.Join(dir, "modules.dep"), []byte(dep), 0o644)
-	for _, line := range strings.Split(dep, "\n") {
-		if m, _, ok := strings.Cut(line, ":"); ok {
-			os.MkdirAll(filepath.Dir(filepath.Join(dir, m)), 0o755)
-			os.WriteFile(filepath.Join(dir, m), []byte("module "+m), 0o644)
-		}
-	}
-	mods, err := loadModules(dir, VirtioModules)
-	if err != nil {
-		t.Fatal(err)
-	}
+
+// vsockDep is its vsock part (6.1.0-57-cloud-amd64), with the transports
+// the image must not take (VMCI, Hyper-V, loopback, the host side).
+const vsockDep = `kernel/net/vmw_vsock/vsock.ko:
+kernel/net/vmw_vsock/vsock_diag.ko: kernel/net/vmw_vsock/vsock.ko
+kernel/net/vmw_vsock/vmw_vsock_vmci_transport.ko: kernel/net/vmw_vsock/vsock.ko kernel/drivers/misc/vmw_vmci/vmw_vmci.ko
+kernel/net/vmw_vsock/vmw_vsock_virtio_transport.ko: kernel/net/vmw_vsock/vmw_vsock_virtio_transport_common.ko kernel/net/vmw_vsock/vsock.ko kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko
+kernel/net/vmw_vsock/vmw_vsock_virtio_transport_common.ko: kernel/net/vmw_vsock/vsock.ko
+kernel/net/vmw_vsock/hv_sock.ko: kernel/net/vmw_vsock/vsock.ko kernel/drivers/hv/hv_vmbus.ko
+kernel/net/vmw_vsock/vsock_loopback.ko: kernel/net/vmw_vsock/vmw_vsock_virtio_transport_common.ko kernel/net/vmw_vsock/vsock.ko
+kernel/drivers/vhost/vhost_vsock.ko: kernel/net/vmw_vsock/vmw_vsock_virtio_transport_common.ko kernel/drivers/vhost/vhost.ko kernel/drivers/vhost/vhost_iotlb.ko kernel/net/vmw_vsock/vsock.ko
+`
+
+func moduleNames(mods []module) string {
 	var names []string
 	for _, m := range mods {
 		names = append(names, strings.TrimSuffix(filepath.Base(m.path), ".ko"))
-		if !strings.HasPrefix(m.path, "lib/modules/6.1.0-test/kernel/") || string(m.data) != "module "+strings.TrimPrefix(m.path, "lib/modules/6.1.0-test/") {
-			t.Fatalf("module %s: %q", m.path, m.data)
-		}
 	}
-	want := "virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_console"
-	if strings.Join(names, " ") != want {
-		t.Fatalf("load order %q, want %q", names, want)
-	}
-	if _, err := loadModules(dir, []string{"nope"}); err == nil || !strings.Contains(err.Error(), "module nope is not in") {
-		t.Fatalf("missing module: %v", err)
-	}
-	// And they land in the image with the list the agent reads.
-	var buf bytes.Buffer
-	if _, err := writeImage(&buf, []byte("agent"), nil, nil, mods); err != nil {
-		t.Fatal(err)
-	}
-	zr, _ := gzip.NewReader(&buf)
-	raw, _ := io.ReadAll(zr)
-	for _, e := range parseNewc(t, raw) {
-		if e.name == ModuleListPath {
-			lines := strings.Fields(string(e.data))
-			if len(lines) != 6 || lines[0] != "/lib/modules/6.1.0-test/kernel/drivers/virtio/virtio_ring.ko" {
-				t.Fatalf("module list %q", e.data)
+	return strings.Join(names, " ")
+}
+
+func TestModulesInLoadOrder(t *testing.T) {
+	for _, tc := range []struct {
+		name, dep, want string
+	}{
+		{"virtio and vsock", virtioDep + vsockDep,
+			// virtio and virtio_ring come once, for both channels.
+			"virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_console " +
+				"vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport"},
+		// vsock built in, or not configured: nothing to add, no error.
+		{"virtio only", virtioDep,
+			"virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_console"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := fakeModuleTree(t, tc.dep)
+			mods, err := loadModules(dir, VirtioModules, VsockModules)
+			if err != nil {
+				t.Fatal(err)
 			}
-			return
-		}
+			for _, m := range mods {
+				if !strings.HasPrefix(m.path, "lib/modules/6.1.0-test/kernel/") || string(m.data) != "module "+strings.TrimPrefix(m.path, "lib/modules/6.1.0-test/") {
+					t.Fatalf("module %s: %q", m.path, m.data)
+				}
+			}
+			if got := moduleNames(mods); got != tc.want {
+				t.Fatalf("load order %q, want %q", got, tc.want)
+			}
+			// And they land in the image with the list the agent reads,
+			// in that order.
+			var buf bytes.Buffer
+			if _, err := writeImage(&buf, []byte("agent"), nil, nil, mods); err != nil {
+				t.Fatal(err)
+			}
+			zr, err := gzip.NewReader(&buf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			raw, err := io.ReadAll(zr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			files := map[string][]byte{}
+			for _, e := range parseNewc(t, raw) {
+				files[e.name] = e.data
+			}
+			list, ok := files[ModuleListPath]
+			if !ok {
+				t.Fatal("the image has no module list")
+			}
+			lines := strings.Fields(string(list))
+			if len(lines) != len(mods) {
+				t.Fatalf("module list %q for %d modules", list, len(mods))
+			}
+			for i, m := range mods {
+				if lines[i] != "/"+m.path {
+					t.Fatalf("module list line %d is %q, want /%s", i, lines[i], m.path)
+				}
+				if data, ok := files[m.path]; !ok || !bytes.Equal(data, m.data) {
+					t.Fatalf("the image lacks %s", m.path)
+				}
+			}
+		})
 	}
-	t.Fatal("the image has no module list")
+}
+
+func TestModulesErrors(t *testing.T) {
+	dir := fakeModuleTree(t, virtioDep+vsockDep)
+	if _, err := loadModules(dir, []string{"nope"}, nil); err == nil || !strings.Contains(err.Error(), "module nope is not in") {
+		t.Fatalf("missing required module: %v", err)
+	}
+	if mods, err := loadModules(dir, nil, []string{"nope"}); err != nil || len(mods) != 0 {
+		t.Fatalf("missing optional module: %v %v", moduleNames(mods), err)
+	}
+	// A required module still fails the build when only vsock is there.
+	dir = fakeModuleTree(t, vsockDep)
+	if _, err := loadModules(dir, VirtioModules, VsockModules); err == nil || !strings.Contains(err.Error(), "module virtio_pci is not in") {
+		t.Fatalf("vsock without virtio: %v", err)
+	}
+}
+
+// TestModulesFromTheHostKernel resolves VirtioModules and VsockModules
+// against the real module trees on this host, which is what catches a
+// module renamed or moved between kernel releases. A host with no module
+// tree (a container, a kernel without modules) has nothing to check, and
+// says so in the log; the fake trees above cover the logic everywhere.
+func TestModulesFromTheHostKernel(t *testing.T) {
+	deps, _ := filepath.Glob("/lib/modules/*/modules.dep")
+	checked := 0
+	for _, dep := range deps {
+		dir := filepath.Dir(dep)
+		b, err := os.ReadFile(dep)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(b), "/virtio_console.ko:") || strings.Contains(string(b), ".ko.xz:") || strings.Contains(string(b), ".ko.zst:") {
+			t.Logf("%s: virtio_console is built in or modules are compressed; not checked", dir)
+			continue
+		}
+		mods, err := loadModules(dir, VirtioModules, VsockModules)
+		if err != nil {
+			t.Fatalf("%s: %v", dir, err)
+		}
+		names := " " + moduleNames(mods) + " "
+		for _, want := range []string{"virtio_pci", "virtio_console"} {
+			if !strings.Contains(names, " "+want+" ") {
+				t.Errorf("%s: %s missing from %q", dir, want, names)
+			}
+		}
+		if strings.Contains(string(b), "/vmw_vsock_virtio_transport.ko:") {
+			// The core before the common code before the transport.
+			i, j, k := strings.Index(names, " vsock "), strings.Index(names, " vmw_vsock_virtio_transport_common "), strings.Index(names, " vmw_vsock_virtio_transport ")
+			if i < 0 || j < i || k < j {
+				t.Errorf("%s: vsock modules missing or out of order in %q", dir, names)
+			}
+		}
+		if strings.Contains(names, "vmci") || strings.Contains(names, "hv_") || strings.Contains(names, "loopback") || strings.Contains(names, "vhost") {
+			t.Errorf("%s: a transport the guest does not use was taken: %q", dir, names)
+		}
+		t.Logf("%s: %s", dir, strings.TrimSpace(names))
+		checked++
+	}
+	t.Logf("checked %d of the host's %d module trees", checked, len(deps))
 }

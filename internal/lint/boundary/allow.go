@@ -37,7 +37,7 @@ type Entry struct {
 var AllowList = []Entry{
 	{Pattern: "cmd/kelpie", Allow: []Rule{Socket, Exec}, HostOnly: true, Why: "the server binary links the real adapters (QEMU, bbolt) and serves a VM session's control socket; simulations run its libraries, and kelpie sim drives the executor from the host; its tests run the built binary"},
 	{Pattern: "cmd/kelpie-dst", Allow: []Rule{Exec}, HostOnly: true, Why: "the executor's command hosts simulations with wazero; it never runs inside one; its tests build and run test binaries"},
-	{Pattern: "cmd/kelpie-guest", Allow: []Rule{Socket, Exec, Syscall}, HostOnly: true, Why: "the guest agent is /init inside the VM: it mounts filesystems and execs tools with raw syscalls (linux only)"},
+	{Pattern: "cmd/kelpie-guest", Allow: []Rule{Socket, Exec, Syscall}, HostOnly: true, Why: "the guest agent is /init inside the VM: it mounts filesystems, loads kernel modules, listens on vsock and execs tools with raw syscalls (linux only); outside a VM it serves on a unix socket"},
 	{Pattern: "cmd/kelpie-lint", Allow: []Rule{Exec}, HostOnly: true, Why: "the checker is a developer tool built on golang.org/x/tools; its tests run it as go vet's -vettool"},
 	{Pattern: "internal/executor", Allow: []Rule{Exec}, HostOnly: true, Why: "the executor runs test binaries under wazero on the host and builds its probes with go build"},
 	{Pattern: "internal/lint/...", HostOnly: true, Why: "the checker itself: analyses source on the host, breaks no rule"},

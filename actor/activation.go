@@ -71,6 +71,9 @@ type activation struct {
 	state []byte // last committed state
 	m     meta   // this activation's epoch and the last commit sequence it saw
 	pc    pendingCommit
+	// loaded is the KV version the activation read its state at, or
+	// wrote its claim at.
+	loaded kv.Version
 }
 
 // start loads the activation and, if that succeeds, starts its goroutine.
@@ -94,7 +97,7 @@ func (a *activation) start() error {
 	a.mu.Unlock()
 	r.record("activate %s epoch %d seq %d", a.id, a.m.epoch, a.m.seq)
 	if r.cfg.Observer != nil {
-		r.cfg.Observer.Activated(a.id, a.m.epoch, a.m.seq)
+		r.cfg.Observer.Activated(a.id, a.m.epoch, a.m.seq, a.loaded)
 	}
 	go a.run()
 	return nil
@@ -152,23 +155,24 @@ func (a *activation) load() error {
 	}
 	var state []byte
 	var stored meta
-	err = r.cfg.DB.ReadTransact(ctx, func(tx kv.ReadTx) error {
+	read := func(tx kv.ReadTx) (claim bool, err error) {
+		a.loaded = tx.ReadVersion()
 		mv, mok, err := tx.Get(a.keys.meta)
 		if err != nil {
-			return fmt.Errorf("read meta: %w", err)
+			return false, fmt.Errorf("read meta: %w", err)
 		}
 		sv, sok, err := tx.Get(a.keys.state)
 		if err != nil {
-			return fmt.Errorf("read state: %w", err)
+			return false, fmt.Errorf("read state: %w", err)
 		}
 		stored = meta{}
 		if mok {
 			if stored, err = decodeMeta(a.id, mv); err != nil {
-				return err
+				return false, err
 			}
 		}
 		if err := checkLoad(a.id, lease.Epoch, stored, mok, sok); err != nil {
-			return err
+			return false, err
 		}
 		state = nil
 		if sok {
@@ -177,8 +181,30 @@ func (a *activation) load() error {
 				state = []byte{} // committed, and empty: not the same as never committed
 			}
 		}
-		return nil
-	})
+		return claims(lease, stored, mok), nil
+	}
+	if lease.Sole {
+		err = r.cfg.DB.ReadTransact(ctx, func(tx kv.ReadTx) error {
+			_, err := read(tx)
+			return err
+		})
+	} else {
+		// The claim is read and written in one transaction: two activations
+		// racing to claim conflict, and the older epoch then finds itself
+		// fenced.
+		claimed := false
+		err = r.cfg.DB.Transact(ctx, func(tx kv.Tx) error {
+			var err error
+			if claimed, err = read(tx); err != nil || !claimed {
+				return err
+			}
+			tx.OnCommit(func(v kv.Version) { a.loaded = v })
+			return tx.Set(a.keys.meta, meta{epoch: lease.Epoch, seq: stored.seq}.encode())
+		})
+		if err == nil && claimed {
+			r.record("claim %s epoch %d seq %d", a.id, lease.Epoch, stored.seq)
+		}
+	}
 	if err == nil {
 		act := a.factory(a.id)
 		if act == nil {

@@ -142,8 +142,9 @@ func (e *FencedError) Unwrap() error { return ErrFenced }
 // check single activation and fencing on the runtime's own events. Methods
 // are called from activation goroutines and must be quick.
 type Observer interface {
-	// Activated: the actor is active on this node with epoch, at commit seq.
-	Activated(id ID, epoch, seq uint64)
+	// Activated: the actor is active on this node with epoch, at commit
+	// seq, having read (or claimed) it at KV version v.
+	Activated(id ID, epoch, seq uint64, v kv.Version)
 	// Committed: a state-changing commit at (epoch, seq) succeeded, at KV
 	// version v.
 	Committed(id ID, epoch, seq uint64, v kv.Version)

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 
+	"github.com/kelpie-go/kelpie/actor/placement"
 	"github.com/kelpie-go/kelpie/kv"
 )
 
@@ -37,25 +38,36 @@ func decodeMeta(id ID, b []byte) (meta, error) {
 //
 // An activation with lease epoch E loads the state and the meta (epoch F,
 // sequence S). It may run only if F <= E: a larger stored epoch means a newer
-// activation has committed and this lease is stale. Each later commit reads
-// the meta again, in the commit's transaction, and is allowed only if the
-// stored epoch is still <= E and the stored sequence is still the one this
-// activation last saw (no other activation committed in between: its
-// in-memory state is current). A commit that changes anything writes
-// (E, S+1). So once an activation with epoch E has committed, every
-// activation with an older epoch is fenced off for good, and an activation
-// that missed another's commit fails instead of overwriting it.
+// activation exists and this lease is stale. Unless its lease is Sole, it
+// then claims the actor in the same transaction: if F < E it writes (E, S),
+// so the meta names the newest activation before that activation runs a
+// turn. Each later commit reads the meta again, in the commit's transaction,
+// and is allowed only if the stored epoch is still <= E and the stored
+// sequence is still the one this activation last saw (no other activation
+// committed in between: its in-memory state is current). A commit that
+// changes anything writes (E, S+1). So once an activation with epoch E has
+// claimed or committed, every activation with an older epoch is fenced off
+// for good, and an activation that missed another's commit fails instead of
+// overwriting it. A claimed actor that never committed has a meta with
+// sequence 0 and no state.
 
 // checkLoad decides whether an activation with epoch may use the state it
 // loaded. statePresent and metaPresent say which of the two keys exist.
 func checkLoad(id ID, epoch uint64, stored meta, metaPresent, statePresent bool) error {
-	if metaPresent != statePresent {
-		return fmt.Errorf("actor %s: state present=%v but meta present=%v: %w", id, statePresent, metaPresent, kv.ErrCorrupt)
+	// Only a claim without a commit leaves meta without state.
+	if statePresent && !metaPresent || metaPresent && !statePresent && stored.seq != 0 {
+		return fmt.Errorf("actor %s: state present=%v but meta present=%v (commit %d): %w", id, statePresent, metaPresent, stored.seq, kv.ErrCorrupt)
 	}
 	if metaPresent && stored.epoch > epoch {
 		return &FencedError{ID: id, Epoch: epoch, StoredEpoch: stored.epoch, Seq: stored.seq}
 	}
 	return nil
+}
+
+// claims says whether an activation with lease l must record its epoch over
+// the stored meta before it runs.
+func claims(l placement.Lease, stored meta, metaPresent bool) bool {
+	return !l.Sole && (!metaPresent || stored.epoch < l.Epoch)
 }
 
 // checkCommit decides whether the activation at (epoch, seq) may commit over

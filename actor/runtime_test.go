@@ -103,7 +103,7 @@ type recorder struct {
 }
 
 func (r *recorder) add(s string) { r.mu.Lock(); r.events = append(r.events, s); r.mu.Unlock() }
-func (r *recorder) Activated(id actor.ID, epoch, seq uint64) {
+func (r *recorder) Activated(id actor.ID, epoch, seq uint64, _ kv.Version) {
 	r.add(fmt.Sprintf("activated %s %d %d", id, epoch, seq))
 }
 func (r *recorder) Committed(id actor.ID, epoch, seq uint64, v kv.Version) {
@@ -235,9 +235,13 @@ func TestStateThatFailsToLoadIsAnError(t *testing.T) {
 	if rt.NumActive() != 0 || pl.Held() != 0 {
 		t.Fatalf("after a failed activation: %d active, %d leases held; want 0 and 0", rt.NumActive(), pl.Held())
 	}
-	// Meta without state is corruption, not a fresh actor.
+	// Meta that says commit 1 happened, without its state, is corruption,
+	// not a fresh actor. (Meta at commit 0 is a claim by an activation that
+	// never committed.)
 	err = db.Transact(context.Background(), func(tx kv.Tx) error {
-		return tx.Set([]byte("actor/counter/half/m"), make([]byte, 16))
+		m := make([]byte, 16)
+		m[15] = 1
+		return tx.Set([]byte("actor/counter/half/m"), m)
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -454,6 +458,9 @@ func TestStaleOwnerIsFenced(t *testing.T) {
 	}
 }
 
+// TestStaleViewIsRefusedBeforeTheNewOwnerCommits: two Locals on one store
+// break Local's contract (its leases are Sole, so activation claims
+// nothing); the commit check still keeps the chain of commits whole.
 func TestStaleViewIsRefusedBeforeTheNewOwnerCommits(t *testing.T) {
 	db := memkv.New()
 	old, _, _ := newRuntime(t, db, nil, nil)
@@ -473,6 +480,61 @@ func TestStaleViewIsRefusedBeforeTheNewOwnerCommits(t *testing.T) {
 	}
 	if _, err := old.Invoke(context.Background(), id, "add", []byte("1")); !errors.Is(err, actor.ErrFenced) {
 		t.Fatalf("old owner after the new one committed: %v, want ErrFenced", err)
+	}
+}
+
+// shared grants Local's leases as a cluster's placement would: not Sole,
+// so activations claim the actor in the store.
+type shared struct{ *placement.Local }
+
+func (s shared) Acquire(ctx context.Context, actor string) (placement.Lease, error) {
+	l, err := s.Local.Acquire(ctx, actor)
+	l.Sole = false
+	return l, err
+}
+
+// TestActivationClaimFencesTheOldOwnerAtOnce: with leases that are not
+// Sole, a new activation records its epoch before its first turn, so the old
+// owner's next commit is refused even though the new owner has committed
+// nothing, and the new owner never sees a stale view.
+func TestActivationClaimFencesTheOldOwnerAtOnce(t *testing.T) {
+	db := memkv.New()
+	var rts []*actor.Runtime
+	for i := 0; i < 2; i++ {
+		rt, pl, _ := newRuntime(t, db, nil, nil)
+		if err := rt.Close(); err != nil {
+			t.Fatal(err)
+		}
+		rt, err := actor.New(actor.Config{DB: db, Placement: shared{pl}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := rt.Register("counter", func(actor.ID) actor.Actor { return &counter{} }); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = rt.Close() })
+		rts = append(rts, rt)
+	}
+	old, cur := rts[0], rts[1]
+	id := actor.MustID("counter", "c")
+	invoke(t, old, id, "add", "1") // epoch 1 claims and commits seq 1
+	invoke(t, cur, id, "get", "")  // epoch 2 claims at seq 1 and commits nothing
+	_, err := old.Invoke(context.Background(), id, "add", []byte("1"))
+	var fe *actor.FencedError
+	if !errors.As(err, &fe) || fe.Stale || fe.StoredEpoch != 2 {
+		t.Fatalf("old owner after the new one activated: %v, want a FencedError naming stored epoch 2", err)
+	}
+	if got := invoke(t, cur, id, "add", "5"); got != "6" {
+		t.Fatalf("new owner add = %s, want 6 (no stale view, the old owner's refused add not applied)", got)
+	}
+	// A claim that never committed is an empty actor, not corruption.
+	fresh := actor.MustID("counter", "fresh")
+	invoke(t, cur, fresh, "get", "")
+	if _, err := old.Invoke(context.Background(), fresh, "add", []byte("1")); !errors.Is(err, actor.ErrFenced) && !errors.Is(err, actor.ErrActivation) {
+		t.Fatalf("old owner on an actor the new one claimed: %v, want it fenced", err)
+	}
+	if got := invoke(t, cur, fresh, "add", "2"); got != "2" {
+		t.Fatalf("claimed, never committed actor: add = %s, want 2", got)
 	}
 }
 

@@ -126,6 +126,7 @@ type checker struct {
 	// summary.
 	otherExample string
 	commits      map[string][]commitEvent  // actor key -> commits seen
+	activations  map[string][]commitEvent  // actor key -> activations seen (v: the version read or claimed at)
 	lastSeq      map[string]uint64         // actor key -> seq of its last commit
 	active       map[string]map[string]int // actor key -> node#incarnation -> live activations
 	dead         map[string]bool           // node#incarnation stopped
@@ -139,11 +140,12 @@ type checker struct {
 type commitEvent struct {
 	node       string
 	epoch, seq uint64
+	v          kv.Version // the commit's KV version; for an activation, the version it read or claimed at
 }
 
 func newChecker(s *sim.Simulation) *checker {
 	return &checker{s: s, ops: map[string]map[string]outcome{}, errKinds: map[string]int{},
-		commits: map[string][]commitEvent{}, lastSeq: map[string]uint64{}, events: map[string]int{},
+		commits: map[string][]commitEvent{}, activations: map[string][]commitEvent{}, lastSeq: map[string]uint64{}, events: map[string]int{},
 		active: map[string]map[string]int{}, dead: map[string]bool{}}
 }
 
@@ -243,7 +245,7 @@ func (c *checker) died(node string, inc int) {
 	}
 }
 
-func (o observer) Activated(id actor.ID, epoch, seq uint64) {
+func (o observer) Activated(id actor.ID, epoch, seq uint64, v kv.Version) {
 	c := o.c
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -251,6 +253,7 @@ func (o observer) Activated(id actor.ID, epoch, seq uint64) {
 	if c.dead[o.key()] {
 		return
 	}
+	c.activations[id.Key] = append(c.activations[id.Key], commitEvent{node: o.node, epoch: epoch, seq: seq, v: v})
 	// The per-actor activation counter: one node never runs two
 	// activations of an actor, and where leases cannot be stolen no two
 	// nodes do either.
@@ -285,7 +288,7 @@ func (o observer) Committed(id actor.ID, epoch, seq uint64, v kv.Version) {
 	c := o.c
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.commits[id.Key] = append(c.commits[id.Key], commitEvent{node: o.node, epoch: epoch, seq: seq})
+	c.commits[id.Key] = append(c.commits[id.Key], commitEvent{node: o.node, epoch: epoch, seq: seq, v: v})
 	if seq > c.lastSeq[id.Key] {
 		c.lastSeq[id.Key] = seq
 	}
@@ -295,7 +298,9 @@ func (o observer) Committed(id actor.ID, epoch, seq uint64, v kv.Version) {
 // sequence numbers are exactly 1..n, each once (two commits with one
 // number would be two owners writing over the same state), and epochs never
 // go back along the chain (a stale owner never commits after its
-// successor).
+// successor). And no commit lands after a newer epoch's activation read or
+// claimed the actor: once the successor is active, the old owner is fenced
+// at once, not only after the successor's first commit.
 func (c *checker) checkChains() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -313,6 +318,11 @@ func (c *checker) checkChains() error {
 			}
 			if i > 0 && e.epoch < cs[i-1].epoch {
 				return fmt.Errorf("%s:%s: commit seq %d at epoch %d on %s follows seq %d at epoch %d on %s: a stale owner committed", Namespace, k, e.seq, e.epoch, e.node, cs[i-1].seq, cs[i-1].epoch, cs[i-1].node)
+			}
+			for _, a := range c.activations[k] {
+				if a.epoch > e.epoch && a.v < e.v {
+					return fmt.Errorf("%s:%s: commit seq %d at epoch %d on %s (version %d) came after epoch %d activated on %s at version %d: the old owner was not fenced", Namespace, k, e.seq, e.epoch, e.node, e.v, a.epoch, a.node, a.v)
+				}
 			}
 		}
 	}

@@ -18,8 +18,10 @@ var LocalEpochKey = []byte("kelpie/placement/local/epoch")
 // Its epoch is bumped in the KV once, when it is created, and shared by all
 // the leases it grants; so every activation of a restarted process carries a
 // larger epoch than any activation of the process before it, and a commit
-// from a process that should be gone is fenced. Within the process it
-// refuses a second lease on an actor it already holds.
+// from a process that should be gone is fenced. Its leases are Sole: one
+// process owns its store (bbolt locks its file), so no older holder can be
+// running, and activation records nothing. Within the process it refuses a
+// second lease on an actor it already holds.
 type Local struct {
 	node  string
 	epoch uint64
@@ -88,7 +90,7 @@ func (l *Local) Acquire(ctx context.Context, actor string) (Lease, error) {
 	if len(l.held) > l.peak {
 		l.peak = len(l.held)
 	}
-	return Lease{Actor: actor, Node: l.node, Epoch: l.epoch}, nil
+	return Lease{Actor: actor, Node: l.node, Epoch: l.epoch, Sole: true}, nil
 }
 
 // Check reports whether the lease is one this Local granted and still holds.

@@ -4,12 +4,13 @@
 // The model: before a node activates an actor it asks its Placement for a
 // Lease. A lease names the actor, the node and an epoch. Epochs of one actor
 // only grow: every new grant, on any node, carries a larger epoch than every
-// grant before it. The actor runtime stores the epoch of the activation that
-// last committed next to the actor's state in the KV, and every commit checks
-// it inside the commit transaction, so an activation whose lease was lost
-// (a paused or partitioned old owner) can never overwrite its successor: this
-// is fencing, and it is what makes single activation safe even when leases
-// are wrong. Check is the cheap local test a node runs before each turn: it
+// grant before it. The actor runtime records the epoch of the newest
+// activation next to the actor's state in the KV (when it activates, unless
+// the lease is Sole, and with every commit), and every commit checks it
+// inside the commit transaction, so an activation whose lease was lost (a
+// paused or partitioned old owner) can commit nothing once its successor has
+// activated: this is fencing, and it is what makes single activation safe
+// even when leases are wrong. Check is the cheap local test a node runs before each turn: it
 // does no I/O and only says whether the node itself still believes its lease
 // holds.
 //
@@ -41,6 +42,13 @@ type Lease struct {
 	// Session identifies the node session the lease hangs on, for
 	// placements that have sessions (Sim); 0 otherwise.
 	Session uint64
+	// Sole says no holder of another epoch can be running against the same
+	// store: one process owns it (Local). Otherwise (the zero value, and
+	// every lease of a cluster) the runtime records the lease's epoch in
+	// the store when it activates the actor, so that an older holder's next
+	// commit is refused at once rather than only after the new holder's
+	// first commit. Sole leases skip that write.
+	Sole bool
 }
 
 // String names the lease for messages.

@@ -31,7 +31,10 @@
 // session with the guest agent.
 //
 // Backends are chosen through a Registry, by name or by what the host
-// supports (each Backend reports Available).
+// supports (each Backend reports Available). Package vm imports none of its
+// backends: a program assembles its registry from the backends it links
+// (each backend package has a Register), in its order of preference;
+// kelpie vm offers Firecracker, then QEMU.
 package vm
 
 import (

@@ -22,12 +22,14 @@ import (
 	"time"
 
 	"github.com/kelpie-go/kelpie/vm"
+	"github.com/kelpie-go/kelpie/vm/firecracker"
 	"github.com/kelpie-go/kelpie/vm/image"
 	"github.com/kelpie-go/kelpie/vm/qemu"
+	"github.com/kelpie-go/kelpie/vm/snapshot"
 )
 
 func init() {
-	register(command{name: "vm", summary: "build the guest image, run, snapshot, restore and list QEMU microVMs", run: runVMCommand})
+	register(command{name: "vm", summary: "build the guest image, run, snapshot, restore and list microVMs (Firecracker or QEMU)", run: runVMCommand})
 }
 
 // vmStdin is where the exec shell reads commands; tests replace it.
@@ -55,6 +57,11 @@ subcommands:
   restore FILE  restore a snapshot into a new VM and open an exec shell
   snapshot ID   snapshot a VM started by run or restore into a file (-o FILE)
   ls            list the VMs started by run or restore
+
+run and restore take -backend: auto (the default) picks the first backend
+this host supports, firecracker (its binary and /dev/kvm) before qemu (runs
+anywhere, emulated without KVM); restore's auto picks the backend that wrote
+the snapshot. Or name one: firecracker, qemu.
 
 In the exec shell every line runs with sh -c in the guest; lines starting
 with ':' are shell commands: :info, :snapshot FILE, :quit (or end of input).
@@ -166,10 +173,10 @@ func vmImageBuild(args []string, stdout, stderr io.Writer) int {
 
 // vmFlags are the flags of run and restore.
 type vmFlags struct {
-	kernel, image, accel, name, stateDir string
-	mem, cpus                            int
-	bootTimeout, execTimeout             time.Duration
-	command                              string
+	backend, kernel, image, accel, name, stateDir string
+	mem, cpus                                     int
+	bootTimeout, execTimeout                      time.Duration
+	command                                       string
 }
 
 func parseVMFlags(name string, args []string, stderr io.Writer) (*vmFlags, error) {
@@ -181,9 +188,10 @@ func parseVMFlags(name string, args []string, stderr io.Writer) (*vmFlags, error
 	if defAccel == "" {
 		defAccel = string(qemu.AccelAuto)
 	}
-	fl.StringVar(&f.kernel, "kernel", "", "guest kernel (default: Debian's linux-image-cloud-amd64 in /boot)")
+	fl.StringVar(&f.backend, "backend", vm.AutoBackend, "VM backend: auto (the first this host supports, firecracker then qemu; for restore, the snapshot's), firecracker or qemu")
+	fl.StringVar(&f.kernel, "kernel", "", "guest kernel (default for qemu: Debian's linux-image-cloud-amd64 in /boot; firecracker needs an uncompressed vmlinux)")
 	fl.StringVar(&f.image, "image", defImage, "initramfs from 'kelpie vm image build'")
-	fl.StringVar(&f.accel, "accel", defAccel, "accelerator: auto, kvm, hvf or tcg (default from $"+vmAccelEnv+")")
+	fl.StringVar(&f.accel, "accel", defAccel, "qemu's accelerator: auto, kvm, hvf or tcg (default from $"+vmAccelEnv+")")
 	fl.StringVar(&f.name, "name", "", "the VM's ID (default: generated)")
 	fl.StringVar(&f.stateDir, "state", defaultStateDir(), "directory of running VMs' control sockets")
 	fl.IntVar(&f.mem, "mem", 256, "guest memory in MiB")
@@ -211,6 +219,70 @@ func defaultStateDir() string {
 	return filepath.Join(os.TempDir(), fmt.Sprintf("kelpie-vm-%d", os.Getuid()))
 }
 
+// vmBackendOptions configure the backends kelpie vm may run VMs on.
+type vmBackendOptions struct {
+	qemu        qemu.Options
+	firecracker firecracker.Options
+}
+
+// vmRegistry assembles the backends kelpie vm picks from, most preferred
+// first: Firecracker, the microVM monitor, where the host has its binary and
+// KVM; then QEMU, which runs anywhere (emulated, under TCG, without KVM).
+// The simulated backend (vm/simvm) is left out on purpose: its guest is a
+// toy operating system with a fixed command set and no kernel, made for the
+// deterministic simulation, and a shell into it would pass for a VM it is
+// not.
+func vmRegistry(o vmBackendOptions) (*vm.Registry, error) {
+	r := &vm.Registry{}
+	if _, err := firecracker.Register(r, o.firecracker); err != nil {
+		return nil, err
+	}
+	if _, err := qemu.Register(r, o.qemu); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// checkBackendName refuses a -backend that r does not hold, naming the
+// choices, without looking at the host.
+func checkBackendName(r *vm.Registry, name string) error {
+	if name == "" || name == vm.AutoBackend {
+		return nil
+	}
+	if _, err := r.Get(name); err != nil {
+		return fmt.Errorf("unknown backend %q: want %s", name, strings.Join(append([]string{vm.AutoBackend}, r.Names()...), ", "))
+	}
+	return nil
+}
+
+// pickVMBackend returns the backend -backend names if this host supports
+// it; with auto, the first backend the host supports, except that a
+// restore's auto (snapBackend is the backend that wrote the snapshot, ""
+// when unknown) takes the only backend that can load the snapshot.
+func pickVMBackend(r *vm.Registry, name, snapBackend string) (vm.Backend, error) {
+	if err := checkBackendName(r, name); err != nil {
+		return nil, err
+	}
+	if (name == "" || name == vm.AutoBackend) && snapBackend != "" {
+		if _, err := r.Get(snapBackend); err != nil {
+			return nil, fmt.Errorf("the snapshot is from the %q backend, which kelpie vm does not run (it runs %s)", snapBackend, strings.Join(r.Names(), ", "))
+		}
+		name = snapBackend
+	}
+	return r.Pick(name)
+}
+
+// vmDefaultKernel is the kernel a backend boots when -kernel is not given.
+func vmDefaultKernel(backend string) (string, error) {
+	switch backend {
+	case qemu.BackendName:
+		return qemu.DiscoverKernel()
+	case firecracker.Name:
+		return "", errors.New("the firecracker backend boots an uncompressed vmlinux, which /boot does not hold: give -kernel (see vm/firecracker/README.md)")
+	}
+	return "", fmt.Errorf("no default kernel for the %s backend: give -kernel", backend)
+}
+
 // vmRun boots (or, with snapFile, restores) a VM and runs the shell or -c.
 func vmRun(args []string, snapFile string, stdout, stderr io.Writer) int {
 	name := "kelpie vm run"
@@ -232,10 +304,13 @@ func vmRun(args []string, snapFile string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return fail("%v", err)
 	}
-	if f.kernel == "" {
-		if f.kernel, err = qemu.DiscoverKernel(); err != nil {
-			return fail("%v", err)
-		}
+	pr := newVMProgress(stderr)
+	reg, err := vmRegistry(vmBackendOptions{qemu: qemu.Options{Accel: accel, Progress: func(_, step string) { pr.step("%s", step) }}})
+	if err != nil {
+		return fail("%v", err)
+	}
+	if err := checkBackendName(reg, f.backend); err != nil {
+		return fail("%v", err)
 	}
 	if f.image == "" {
 		return fail("no default image path on this system; give -image")
@@ -244,21 +319,31 @@ func vmRun(args []string, snapFile string, stdout, stderr io.Writer) int {
 		return fail("no guest image at %s (build it with: kelpie vm image build): %v", f.image, err)
 	}
 	var blob []byte
+	snapBackend := ""
 	if snapFile != "" {
 		if blob, err = os.ReadFile(snapFile); err != nil {
 			return fail("%v", err)
 		}
+		// A blob that does not decode is the restore's to refuse, with
+		// the reason; auto then picks by the host.
+		if meta, err := snapshot.DecodeMetadata(blob); err == nil {
+			snapBackend = meta.Backend
+		}
 	}
-	pr := newVMProgress(stderr)
-	b, err := qemu.New(qemu.Options{Accel: accel, Progress: func(_, step string) { pr.step("%s", step) }})
+	b, err := pickVMBackend(reg, f.backend, snapBackend)
 	if err != nil {
 		return fail("%v", err)
 	}
-	if err := b.Available(); err != nil {
-		return fail("%v", err)
+	if b.Name() != qemu.BackendName && accel != qemu.AccelAuto {
+		return fail("-accel %s (or $%s) is a qemu option, and the %s backend was chosen; give -backend qemu to use it", accel, vmAccelEnv, b.Name())
+	}
+	if f.kernel == "" {
+		if f.kernel, err = vmDefaultKernel(b.Name()); err != nil {
+			return fail("%v", err)
+		}
 	}
 	cfg := vm.VMConfig{ID: f.name, VCPUs: f.cpus, MemoryMiB: f.mem, Kernel: f.kernel, Initrd: f.image, BootTimeout: f.bootTimeout}
-	v, err := b.NewVM(cfg)
+	v, err := b.New(cfg)
 	if err != nil {
 		return fail("%v", err)
 	}
@@ -272,12 +357,12 @@ func vmRun(args []string, snapFile string, stdout, stderr io.Writer) int {
 		}
 	}()
 	if snapFile == "" {
-		pr.step("booting %s (%d MiB, %d vCPU, kernel %s)", v.ID(), f.mem, f.cpus, f.kernel)
+		pr.step("booting %s on %s (%d MiB, %d vCPU, kernel %s)", v.ID(), b.Name(), f.mem, f.cpus, f.kernel)
 		if err := v.Boot(ctx); err != nil {
 			return fail("%v", err)
 		}
 	} else {
-		pr.step("restoring %s from %s (%d MiB)", v.ID(), snapFile, len(blob)>>20)
+		pr.step("restoring %s on %s from %s (%d MiB)", v.ID(), b.Name(), snapFile, len(blob)>>20)
 		if err := v.Restore(ctx, blob); err != nil {
 			return fail("%v", err)
 		}
@@ -285,10 +370,9 @@ func vmRun(args []string, snapFile string, stdout, stderr io.Writer) int {
 			return fail("resume: %v", err)
 		}
 	}
-	info := v.Info()
-	pr.step("%s running: qemu %s, accelerator %s (%s), agent %s over %s, guest kernel %s",
-		info.ID, info.QEMUVersion, info.Accel, info.AccelNote, info.Agent, info.Channel, info.GuestKernel)
-	if accel == qemu.AccelAuto && info.Accel == qemu.AccelTCG && strings.Contains(info.AccelNote, "fell back") {
+	info := describeVM(v)
+	pr.step("%s running: %s", info.ID, info.summary())
+	if accel == qemu.AccelAuto && info.Accel == string(qemu.AccelTCG) && strings.Contains(info.AccelNote, "fell back") {
 		fmt.Fprintf(stderr, "hint: hardware acceleration does not work on this host; -accel tcg (or %s=tcg) skips the probe\n", vmAccelEnv)
 	}
 	ctl, err := serveControl(f.stateDir, v, pr)
@@ -309,7 +393,7 @@ func vmRun(args []string, snapFile string, stdout, stderr io.Writer) int {
 
 // execLine runs one shell line in the guest, copying its output, and
 // returns its exit status.
-func execLine(ctx context.Context, v *qemu.VM, line string, timeout time.Duration, stdout, stderr io.Writer) (int, error) {
+func execLine(ctx context.Context, v vm.VMInstance, line string, timeout time.Duration, stdout, stderr io.Writer) (int, error) {
 	res, err := v.Exec(ctx, vm.ExecRequest{
 		Command: "sh", Args: []string{"-c", line},
 		Env: []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "TERM=dumb"},
@@ -327,7 +411,7 @@ func execLine(ctx context.Context, v *qemu.VM, line string, timeout time.Duratio
 }
 
 // shell is the interactive exec loop.
-func shell(ctx context.Context, v *qemu.VM, timeout time.Duration, pr *vmProgress, stdout, stderr io.Writer) int {
+func shell(ctx context.Context, v vm.VMInstance, timeout time.Duration, pr *vmProgress, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stdout, "exec shell in %s: each line runs with sh -c in the guest; :help for more\n", v.ID())
 	sc := bufio.NewScanner(vmStdin)
 	sc.Buffer(make([]byte, 4096), vmShellLineBytes)
@@ -368,7 +452,7 @@ func shell(ctx context.Context, v *qemu.VM, timeout time.Duration, pr *vmProgres
 			fmt.Fprintln(stdout, ":info            what the VM runs under\n:snapshot FILE   pause, write a snapshot to FILE, resume\n:quit            stop the VM and leave (also end of input)")
 			continue
 		case line == ":info":
-			printInfo(stdout, v.Info(), v.State())
+			printInfo(stdout, describeVM(v), v.State())
 			continue
 		case strings.HasPrefix(line, ":snapshot"):
 			path := strings.TrimSpace(strings.TrimPrefix(line, ":snapshot"))
@@ -400,16 +484,89 @@ func shell(ctx context.Context, v *qemu.VM, timeout time.Duration, pr *vmProgres
 	}
 }
 
-func printInfo(w io.Writer, i qemu.Info, st vm.State) {
+// vmInfo is what the session's progress, the shell's :info and kelpie vm ls
+// show of a VM, whichever backend runs it. The fields it shares with
+// qemu.Info, which sessions used to send, keep their names, so ls reads the
+// sessions of older binaries too.
+type vmInfo struct {
+	ID, Backend string
+	// Hypervisor is the program and its version ("qemu 8.2.2"); Device
+	// the device model where the backend has a choice ("machine pc, cpu
+	// qemu64").
+	Hypervisor, Device string
+	// Accel and AccelNote are QEMU's accelerator and why it was chosen.
+	Accel, AccelNote string
+	VCPUs, MemoryMiB int
+	// PID is the hypervisor process.
+	PID         int
+	Agent       string
+	Protocol    int
+	Channel     string
+	GuestKernel string
+	// ConsoleLog is the guest kernel's console, where the backend keeps one.
+	ConsoleLog string
+}
+
+// describeVM reads what v's backend tells about it.
+func describeVM(v vm.VMInstance) vmInfo {
+	cfg := v.Config()
+	i := vmInfo{ID: v.ID(), Backend: v.Backend(), Hypervisor: v.Backend(), VCPUs: cfg.VCPUs, MemoryMiB: cfg.MemoryMiB}
+	switch v := v.(type) {
+	case *qemu.VM:
+		q := v.Info()
+		i.Hypervisor = strings.TrimSpace("qemu " + q.QEMUVersion)
+		if q.Machine != "" {
+			i.Device = fmt.Sprintf("machine %s, cpu %s", q.Machine, q.CPU)
+		}
+		i.Accel, i.AccelNote, i.PID, i.ConsoleLog = string(q.Accel), q.AccelNote, q.PID, q.ConsoleLog
+		i.Agent, i.Protocol, i.Channel, i.GuestKernel = q.Agent, q.Protocol, q.Channel, q.GuestKernel
+	case *firecracker.VM:
+		fc := v.Info()
+		i.Hypervisor = strings.TrimSpace("firecracker " + fc.Version)
+		i.PID = fc.PID
+		i.Agent, i.Protocol, i.Channel, i.GuestKernel = fc.Agent, fc.Protocol, string(fc.Channel), fc.GuestKernel
+	}
+	return i
+}
+
+// summary is the one line the session prints once the VM runs.
+func (i vmInfo) summary() string {
+	parts := []string{i.Hypervisor}
+	if i.Accel != "" {
+		parts = append(parts, fmt.Sprintf("accelerator %s (%s)", i.Accel, i.AccelNote))
+	}
+	if i.Agent != "" {
+		parts = append(parts, fmt.Sprintf("agent %s over %s", i.Agent, i.Channel))
+	}
+	if i.GuestKernel != "" {
+		parts = append(parts, "guest kernel "+i.GuestKernel)
+	}
+	return strings.Join(parts, ", ")
+}
+
+func printInfo(w io.Writer, i vmInfo, st vm.State) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "id\t%s\nstate\t%s\naccelerator\t%s (%s)\nqemu\t%s, machine %s, cpu %s, pid %d\nshape\t%d vCPU, %d MiB\nagent\t%s, protocol %d, over %s\nguest kernel\t%s\nconsole log\t%s\n",
-		i.ID, st, i.Accel, i.AccelNote, i.QEMUVersion, i.Machine, i.CPU, i.PID, i.VCPUs, i.MemoryMiB, i.Agent, i.Protocol, i.Channel, i.GuestKernel, i.ConsoleLog)
+	hv := i.Hypervisor
+	if i.Device != "" {
+		hv += ", " + i.Device
+	}
+	fmt.Fprintf(tw, "id\t%s\nbackend\t%s\nstate\t%s\nhypervisor\t%s, pid %d\n", i.ID, i.Backend, st, hv, i.PID)
+	if i.Accel != "" {
+		fmt.Fprintf(tw, "accelerator\t%s (%s)\n", i.Accel, i.AccelNote)
+	}
+	fmt.Fprintf(tw, "shape\t%d vCPU, %d MiB\nagent\t%s, protocol %d, over %s\n", i.VCPUs, i.MemoryMiB, i.Agent, i.Protocol, i.Channel)
+	if i.GuestKernel != "" {
+		fmt.Fprintf(tw, "guest kernel\t%s\n", i.GuestKernel)
+	}
+	if i.ConsoleLog != "" {
+		fmt.Fprintf(tw, "console log\t%s\n", i.ConsoleLog)
+	}
 	tw.Flush()
 }
 
 // snapshotTo pauses v, writes its snapshot to path (atomically), and
 // resumes it unless stop is set.
-func snapshotTo(ctx context.Context, v *qemu.VM, path string, stop bool, pr *vmProgress) (int, error) {
+func snapshotTo(ctx context.Context, v vm.VMInstance, path string, stop bool, pr *vmProgress) (int, error) {
 	pr.step("pausing %s", v.ID())
 	if err := v.Pause(ctx); err != nil {
 		return 0, err
@@ -471,13 +628,13 @@ func (c *controlServer) close() {
 
 // controlInfo is what ls shows.
 type controlInfo struct {
-	Info    qemu.Info `json:"info"`
+	Info    vmInfo    `json:"info"`
 	State   string    `json:"state"`
 	Started time.Time `json:"started"`
 	Owner   int       `json:"owner_pid"`
 }
 
-func serveControl(dir string, v *qemu.VM, pr *vmProgress) (*controlServer, error) {
+func serveControl(dir string, v vm.VMInstance, pr *vmProgress) (*controlServer, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
@@ -491,7 +648,7 @@ func serveControl(dir string, v *qemu.VM, pr *vmProgress) (*controlServer, error
 	var snapMu sync.Mutex
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /info", func(w http.ResponseWriter, r *http.Request) {
-		json.NewEncoder(w).Encode(&controlInfo{Info: v.Info(), State: v.State().String(), Started: started, Owner: os.Getpid()})
+		json.NewEncoder(w).Encode(&controlInfo{Info: describeVM(v), State: v.State().String(), Started: started, Owner: os.Getpid()})
 	})
 	mux.HandleFunc("POST /snapshot", func(w http.ResponseWriter, r *http.Request) {
 		path := r.URL.Query().Get("path")
@@ -624,24 +781,32 @@ func vmList(args []string, stdout, stderr io.Writer) int {
 	socks, _ := filepath.Glob(filepath.Join(*state, "*.sock"))
 	sort.Strings(socks)
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tSTATE\tACCEL\tMEMORY\tQEMU PID\tSESSION PID\tUP")
+	fmt.Fprintln(tw, "ID\tBACKEND\tSTATE\tACCEL\tMEMORY\tPID\tSESSION PID\tUP")
 	for _, sock := range socks {
 		id := strings.TrimSuffix(filepath.Base(sock), ".sock")
 		resp, err := controlClient(sock, vmControlTimeout).Get("http://vm/info")
 		if err != nil {
 			// The session that owned it is gone.
-			fmt.Fprintf(tw, "%s\tgone\t-\t-\t-\t-\t-\n", id)
+			fmt.Fprintf(tw, "%s\t-\tgone\t-\t-\t-\t-\t-\n", id)
 			continue
 		}
 		var ci controlInfo
 		err = json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&ci)
 		resp.Body.Close()
 		if err != nil {
-			fmt.Fprintf(tw, "%s\tunreadable\t-\t-\t-\t-\t-\n", id)
+			fmt.Fprintf(tw, "%s\t-\tunreadable\t-\t-\t-\t-\t-\n", id)
 			continue
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d MiB\t%d\t%d\t%s\n", id, ci.State, ci.Info.Accel, ci.Info.MemoryMiB, ci.Info.PID, ci.Owner, time.Since(ci.Started).Round(time.Second))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d MiB\t%d\t%d\t%s\n", id, orDash(ci.Info.Backend), ci.State, orDash(ci.Info.Accel), ci.Info.MemoryMiB, ci.Info.PID, ci.Owner, time.Since(ci.Started).Round(time.Second))
 	}
 	tw.Flush()
 	return 0
+}
+
+// orDash shows an empty column as "-".
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }

@@ -36,6 +36,7 @@ import (
 	"time"
 
 	"github.com/kelpie-go/kelpie/vm"
+	"github.com/kelpie-go/kelpie/vm/guest"
 )
 
 // Name is the backend's registry name.
@@ -51,14 +52,18 @@ const (
 	// guest kernel beyond the 8250 driver.
 	ChannelSerial Channel = "serial"
 	// ChannelVsock uses a virtio-vsock stream; the guest kernel needs
-	// virtio_vsock built in and the agent must listen on Options.VsockPort.
+	// virtio_vsock built in and the agent must listen on Options.VsockPort
+	// (Kelpie's agent listens on guest.DefaultVsockPort unless the kernel
+	// command line says kelpie.vsock_port=).
 	ChannelVsock Channel = "vsock"
 )
 
 // Defaults and limits.
 const (
-	// DefaultVsockPort is the guest port the agent listens on with vsock.
-	DefaultVsockPort = 1024
+	// DefaultVsockPort is the guest port the agent listens on with vsock:
+	// the agent's own default, shared through package guest so the two
+	// cannot drift apart.
+	DefaultVsockPort = guest.DefaultVsockPort
 	// DefaultGuestCID is the guest's vsock context id (3 is the first one
 	// that is not reserved).
 	DefaultGuestCID = 3
@@ -135,6 +140,22 @@ func New(opts Options) (*Backend, error) {
 	}
 	return &Backend{opts: opts}, nil
 }
+
+// Register creates a backend with opts and adds it to r; it returns the
+// backend for callers that want more than vm.Backend offers.
+func Register(r *vm.Registry, opts Options) (*Backend, error) {
+	b, err := New(opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := r.Register(b); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// The backend is what a vm.Registry holds.
+var _ vm.Backend = (*Backend)(nil)
 
 // Name is "firecracker".
 func (b *Backend) Name() string { return Name }

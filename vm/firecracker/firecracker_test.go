@@ -52,7 +52,8 @@ func TestConformanceFake(t *testing.T) {
 					}
 					return v
 				},
-				OpTimeout: time.Minute,
+				MaxBlobBytes: (&VM{cfg: cfg}).maxBlobBytes(),
+				OpTimeout:    time.Minute,
 			})
 		})
 	}
@@ -65,6 +66,10 @@ func TestSnapshotMetadata(t *testing.T) {
 	defer v.Stop(ctx)
 	if err := v.Boot(ctx); err != nil {
 		t.Fatal(err)
+	}
+	_, p := v.apiClient()
+	if i := v.Info(); i.ID != v.ID() || i.Version != fakeVersion || i.PID != p.cmd.Process.Pid || i.Dir != v.dir || i.Channel != ChannelSerial || i.Agent != "kelpie-guest fake" || i.Protocol < 1 {
+		t.Errorf("info of a booted VM: %+v", i)
 	}
 	if err := v.Pause(ctx); err != nil {
 		t.Fatal(err)
@@ -89,6 +94,12 @@ func TestSnapshotMetadata(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(v.dir, f)); err == nil {
 			t.Errorf("%s left in the VM directory", f)
 		}
+	}
+	if err := v.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if i := v.Info(); i.PID != 0 {
+		t.Errorf("a stopped VM's info names pid %d", i.PID)
 	}
 }
 
@@ -278,4 +289,26 @@ func BenchmarkSnapshotRestoreOverhead(b *testing.B) {
 			v.Stop(ctx)
 		}
 	})
+}
+
+// TestBootArgsTellTheAgentItsChannel: the command line carries the serial
+// port, or a vsock port other than the agent's default, unless the
+// configured command line already names one.
+func TestBootArgsTellTheAgentItsChannel(t *testing.T) {
+	for _, tc := range []struct {
+		opts    Options
+		cmdline string
+		want    string
+	}{
+		{Options{Channel: ChannelSerial}, "", DefaultBootArgs + " kelpie.port=/dev/ttyS0"},
+		{Options{Channel: ChannelSerial}, "quiet kelpie.port=/dev/ttyS1", "quiet kelpie.port=/dev/ttyS1"},
+		{Options{Channel: ChannelVsock, VsockPort: DefaultVsockPort}, "quiet", "quiet"},
+		{Options{Channel: ChannelVsock, VsockPort: 2000}, "quiet", "quiet kelpie.vsock_port=2000"},
+		{Options{Channel: ChannelVsock, VsockPort: 2000}, "kelpie.vsock_port=3000", "kelpie.vsock_port=3000"},
+	} {
+		v := &VM{b: &Backend{opts: tc.opts}, cfg: vm.VMConfig{KernelCmdline: tc.cmdline}}
+		if got := v.bootArgs(); got != tc.want {
+			t.Errorf("%s port %d, cmdline %q: boot args %q, want %q", tc.opts.Channel, tc.opts.VsockPort, tc.cmdline, got, tc.want)
+		}
+	}
 }

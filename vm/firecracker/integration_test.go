@@ -55,6 +55,7 @@ func TestIntegration(t *testing.T) {
 			}
 			return v
 		},
+		MaxBlobBytes: (&VM{cfg: cfg}).maxBlobBytes(),
 		// The Kelpie initramfs has the agent and, when built with busybox,
 		// its applets; the suite needs echo, cat and sleep from PATH.
 		Exit: func(c int) []string { return []string{"sh", "-c", "exit " + strconv.Itoa(c)} },

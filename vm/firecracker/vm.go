@@ -36,6 +36,7 @@ type VM struct {
 	version  string // Firecracker version of the running process
 	agentVer string // guest agent, from the handshake
 	protocol int    // guest protocol version, from the handshake
+	kernel   string // guest kernel release, from the handshake
 	// reconnect is set by Restore: the agent session is established at
 	// Resume, because a paused guest cannot answer.
 	reconnect bool
@@ -52,6 +53,46 @@ func (v *VM) Config() vm.VMConfig { return v.cfg }
 
 // State is the VM's state.
 func (v *VM) State() vm.State { return v.m.State() }
+
+// Info describes a VM: what runs it and how its guest agent is reached.
+type Info struct {
+	ID string
+	// Version is the Firecracker version of the process ("" before boot).
+	Version string
+	// PID is the firecracker process (0 when none runs).
+	PID int
+	// Dir holds the VM's API socket, log and snapshot files.
+	Dir     string
+	Channel Channel
+	// Agent, Protocol and GuestKernel come from the guest agent's
+	// handshake (a restored VM's from the snapshot until it resumes).
+	Agent       string
+	Protocol    int
+	GuestKernel string
+}
+
+// Info describes the VM now.
+func (v *VM) Info() Info {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	i := Info{ID: v.id, Version: v.version, Dir: v.dir, Channel: v.b.opts.Channel, Agent: v.agentVer, Protocol: v.protocol, GuestKernel: v.kernel}
+	if v.proc != nil {
+		i.PID = v.proc.cmd.Process.Pid
+	}
+	return i
+}
+
+// maxBlobBytes bounds a snapshot blob of this VM: all of its memory, the
+// vmstate file, and the container's own bytes. Restore refuses a larger
+// blob before reading it, and Snapshot never writes one.
+func (v *VM) maxBlobBytes() int64 {
+	return int64(v.cfg.MemoryMiB)<<20 + maxVMStateBytes + blobOverheadBytes
+}
+
+// blobOverheadBytes is what a blob holds besides its sections' data: the
+// header, section table, metadata (at most snapshot.MaxMetadataBytes) and
+// checksum, with room to spare.
+const blobOverheadBytes = 1 << 20
 
 // process is a running firecracker.
 type process struct {
@@ -287,13 +328,14 @@ func (v *VM) connectAgent(ctx context.Context) error {
 		return fmt.Errorf("guest agent handshake over %s: %w", v.b.opts.Channel, err)
 	}
 	v.mu.Lock()
-	v.client, v.agentVer, v.protocol = c, hello.Agent, c.Version()
+	v.client, v.agentVer, v.protocol, v.kernel = c, hello.Agent, c.Version(), hello.Kernel
 	v.mu.Unlock()
 	return nil
 }
 
 // bootArgs is the kernel command line: the configured one, or the default,
-// with the agent's port added when the serial channel is used.
+// with what tells the agent where the host will reach it: its port with the
+// serial channel, its vsock port when that is not the agent's default.
 func (v *VM) bootArgs() string {
 	args := v.cfg.KernelCmdline
 	if args == "" {
@@ -301,6 +343,9 @@ func (v *VM) bootArgs() string {
 	}
 	if v.b.opts.Channel == ChannelSerial && !strings.Contains(args, "kelpie.port=") {
 		args += " kelpie.port=/dev/ttyS0"
+	}
+	if v.b.opts.Channel == ChannelVsock && v.b.opts.VsockPort != guest.DefaultVsockPort && !strings.Contains(args, "kelpie.vsock_port=") {
+		args += fmt.Sprintf(" kelpie.vsock_port=%d", v.b.opts.VsockPort)
 	}
 	return args
 }
@@ -394,7 +439,11 @@ func (v *VM) agentClient(op vm.Op) (*guest.Client, error) {
 // afterAgent turns a lost agent into a crash: the VM is killed, because a
 // guest whose agent is gone cannot be driven any more.
 func (v *VM) afterAgent(err error) error {
-	if errors.Is(err, agent.ErrAgentGone) && v.m.State() == vm.StateRunning {
+	if !errors.Is(err, agent.ErrAgentGone) {
+		return err
+	}
+	switch v.m.State() {
+	case vm.StateRunning:
 		_, p := v.apiClient()
 		detail := ""
 		if p != nil {
@@ -405,6 +454,12 @@ func (v *VM) afterAgent(err error) error {
 			_ = v.kill()
 		}
 		return cause
+	case vm.StateFailed:
+		// The process's exit was noticed first and failed the VM while the
+		// call was under way: report that crash, not only the broken pipe.
+		if cause := v.m.Cause(); cause != nil {
+			return fmt.Errorf("%w (the agent call: %v)", cause, err)
+		}
 	}
 	return err
 }
@@ -541,7 +596,7 @@ func (v *VM) Snapshot(ctx context.Context) ([]byte, error) {
 			opened[i] = fh
 			layout[i] = snapshot.SectionSize{Name: f.name, Size: size}
 		}
-		bld, err := snapshot.NewBuilder(meta, layout, 0)
+		bld, err := snapshot.NewBuilder(meta, layout, v.maxBlobBytes())
 		if err != nil {
 			return fail(err)
 		}
@@ -593,6 +648,11 @@ func (b *Backend) Host(ctx context.Context, cfg vm.VMConfig) (snapshot.Host, err
 func (v *VM) Restore(ctx context.Context, blob []byte) error {
 	return v.m.Do(vm.OpRestore, func() error {
 		refuse := func(err error) error { return vm.Refuse(fmt.Errorf("firecracker %s: restore: %w", v.id, err)) }
+		// Checked first: DecodeMetadata bounds a blob only by what the
+		// largest VM may hold.
+		if n, limit := int64(len(blob)), v.maxBlobBytes(); n > limit {
+			return refuse(fmt.Errorf("%w: the blob is %d bytes, a snapshot of a %d MiB VM is at most %d", snapshot.ErrTooLarge, n, v.cfg.MemoryMiB, limit))
+		}
 		meta, err := snapshot.DecodeMetadata(blob)
 		if err != nil {
 			return refuse(err)
@@ -604,7 +664,7 @@ func (v *VM) Restore(ctx context.Context, blob []byte) error {
 		if err := snapshot.Compatible(meta, host); err != nil {
 			return refuse(err)
 		}
-		snap, err := snapshot.Decode(blob)
+		snap, err := snapshot.DecodeMax(blob, v.maxBlobBytes())
 		if err != nil {
 			return refuse(err)
 		}
@@ -638,7 +698,7 @@ func (v *VM) Restore(ctx context.Context, blob []byte) error {
 			return fail(err)
 		}
 		v.mu.Lock()
-		v.version, v.agentVer, v.protocol, v.reconnect = meta.BackendVersion, meta.GuestAgentVersion, meta.GuestProtocol, true
+		v.version, v.agentVer, v.protocol, v.kernel, v.reconnect = meta.BackendVersion, meta.GuestAgentVersion, meta.GuestProtocol, "", true
 		v.mu.Unlock()
 		return nil
 	})

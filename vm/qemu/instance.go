@@ -583,62 +583,72 @@ func (v *VM) Resume(ctx context.Context) error {
 	})
 }
 
-// Snapshot migrates the paused VM into a blob.
+// Snapshot migrates the paused VM into a blob. Every failure matches
+// vm.ErrSnapshotFailed, and keeps its cause (snapshot.ErrTooLarge for a
+// stream past the VM's bound, a context error); the VM stays paused either
+// way, so the caller may retry or resume.
 func (v *VM) Snapshot(ctx context.Context) ([]byte, error) {
 	var blob []byte
 	err := v.m.Do(vm.OpSnapshot, func() error {
-		p, _ := v.current()
-		v.mu.Lock()
-		hello, last := v.hello, v.lastSnapshot
-		v.mu.Unlock()
-		if last != nil {
-			blob = bytes.Clone(last)
-			return nil
+		var err error
+		if blob, err = v.snapshot(ctx); err != nil {
+			return fmt.Errorf("%w: %w", vm.ErrSnapshotFailed, err)
 		}
-		version, err := v.b.qemuVersion()
-		if err != nil {
-			return err
-		}
-		kh, err := v.b.hashFile(v.cfg.Kernel)
-		if err != nil {
-			return fmt.Errorf("qemu: snapshot: hashing the kernel: %w", err)
-		}
-		ih, err := v.b.hashFile(v.cfg.Initrd)
-		if err != nil {
-			return fmt.Errorf("qemu: snapshot: hashing the initramfs: %w", err)
-		}
-		began := time.Now()
-		stream, err := v.migrateOut(ctx, p)
-		if err != nil {
-			return err
-		}
-		dc, _ := json.Marshal(&deviceConfig{
-			Accel: p.accel, Machine: machineType, CPU: cpuModel(p.accel),
-			KernelSHA256: kh, InitrdSHA256: ih, Cmdline: v.cmdline(), Agent: hello.Agent, GuestKernel: hello.Kernel,
-		})
-		meta := snapshot.Metadata{
-			Backend: BackendName, BackendVersion: version, Arch: runtime.GOARCH, CPUModel: snapshotCPUModel(p.accel),
-			VCPUs: v.cfg.VCPUs, MemoryMiB: v.cfg.MemoryMiB, GuestAgentVersion: hello.Agent, GuestProtocol: hello.Version,
-		}
-		sec := snapshot.Section{Name: sectionMigration, Data: stream}
-		if !v.b.opts.UncompressedSnapshots {
-			if sec.Data, err = compress(stream); err != nil {
-				return fmt.Errorf("qemu: snapshot: compressing the stream: %w", err)
-			}
-			sec.Name = sectionMigrationGz
-		}
-		blob, err = snapshot.Encode(meta, []snapshot.Section{{Name: sectionConfig, Data: dc}, sec}, v.maxBlobBytes())
-		if err != nil {
-			return fmt.Errorf("qemu: snapshot: %w", err)
-		}
-		v.mu.Lock()
-		v.lastSnapshot = blob
-		v.mu.Unlock()
-		blob = bytes.Clone(blob)
-		v.b.progress(v.id, "snapshot of %d MiB taken in %s", len(blob)>>20, time.Since(began).Round(time.Millisecond))
 		return nil
 	})
 	return blob, err
+}
+
+// snapshot is Snapshot's work, run under the state machine.
+func (v *VM) snapshot(ctx context.Context) ([]byte, error) {
+	p, _ := v.current()
+	v.mu.Lock()
+	hello, last := v.hello, v.lastSnapshot
+	v.mu.Unlock()
+	if last != nil {
+		return bytes.Clone(last), nil
+	}
+	version, err := v.b.qemuVersion()
+	if err != nil {
+		return nil, fmt.Errorf("qemu: snapshot: %w", err)
+	}
+	kh, err := v.b.hashFile(v.cfg.Kernel)
+	if err != nil {
+		return nil, fmt.Errorf("qemu: snapshot: hashing the kernel: %w", err)
+	}
+	ih, err := v.b.hashFile(v.cfg.Initrd)
+	if err != nil {
+		return nil, fmt.Errorf("qemu: snapshot: hashing the initramfs: %w", err)
+	}
+	began := time.Now()
+	stream, err := v.migrateOut(ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	dc, _ := json.Marshal(&deviceConfig{
+		Accel: p.accel, Machine: machineType, CPU: cpuModel(p.accel),
+		KernelSHA256: kh, InitrdSHA256: ih, Cmdline: v.cmdline(), Agent: hello.Agent, GuestKernel: hello.Kernel,
+	})
+	meta := snapshot.Metadata{
+		Backend: BackendName, BackendVersion: version, Arch: runtime.GOARCH, CPUModel: snapshotCPUModel(p.accel),
+		VCPUs: v.cfg.VCPUs, MemoryMiB: v.cfg.MemoryMiB, GuestAgentVersion: hello.Agent, GuestProtocol: hello.Version,
+	}
+	sec := snapshot.Section{Name: sectionMigration, Data: stream}
+	if !v.b.opts.UncompressedSnapshots {
+		if sec.Data, err = compress(stream); err != nil {
+			return nil, fmt.Errorf("qemu: snapshot: compressing the stream: %w", err)
+		}
+		sec.Name = sectionMigrationGz
+	}
+	blob, err := snapshot.Encode(meta, []snapshot.Section{{Name: sectionConfig, Data: dc}, sec}, v.maxBlobBytes())
+	if err != nil {
+		return nil, fmt.Errorf("qemu: snapshot: %w", err)
+	}
+	v.mu.Lock()
+	v.lastSnapshot = blob
+	v.mu.Unlock()
+	v.b.progress(v.id, "snapshot of %d MiB taken in %s", len(blob)>>20, time.Since(began).Round(time.Millisecond))
+	return bytes.Clone(blob), nil
 }
 
 func (v *VM) maxStreamBytes() int64 { return int64(v.cfg.MemoryMiB)<<20 + migrationOverheadBytes }
@@ -661,7 +671,7 @@ func (v *VM) migrateOut(ctx context.Context, p *process) ([]byte, error) {
 	}
 	r, w, err := os.Pipe()
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("qemu: snapshot: %w", err)
 	}
 	defer r.Close()
 	const fdName = "kelpie-snapshot"
@@ -750,14 +760,19 @@ func (v *VM) Restore(ctx context.Context, blob []byte) error {
 		if err := v.checkFiles(); err != nil {
 			return vm.Refuse(err)
 		}
+		// From here on QEMU is loading the snapshot, and a failure leaves
+		// the VM failed. The cause is quoted rather than wrapped: a stream
+		// that does not inflate reports snapshot.ErrCorrupt, which callers
+		// read as "refused, the VM is still created".
+		fail := func(err error) error { return fmt.Errorf("%w: %v", vm.ErrRestoreFailed, err) }
 		began := time.Now()
 		p, err := v.start(ctx, dc.Accel, true)
 		if err != nil {
-			return fmt.Errorf("qemu: restore: %w", err)
+			return fail(fmt.Errorf("qemu: restore: %w", err))
 		}
 		if err := v.migrateIn(ctx, p, stream, dc.compressed); err != nil {
 			p.kill()
-			return err
+			return fail(err)
 		}
 		v.install(p, nil)
 		v.mu.Lock()
@@ -796,6 +811,13 @@ func (v *VM) checkSnapshot(blob []byte) (*snapshot.Snapshot, *deviceConfig, []by
 	}
 	if !ok || len(stream) == 0 {
 		return nil, nil, nil, fmt.Errorf("qemu: restore: %w: no %s section", snapshot.ErrCorrupt, sectionMigration)
+	}
+	if dc.compressed {
+		// The header costs nothing to check; the rest inflates while QEMU
+		// loads it.
+		if _, err := gzip.NewReader(bytes.NewReader(stream)); err != nil {
+			return nil, nil, nil, fmt.Errorf("qemu: restore: %w: %s section: %v", snapshot.ErrCorrupt, sectionMigrationGz, err)
+		}
 	}
 	switch dc.Accel {
 	case AccelTCG:
@@ -838,11 +860,14 @@ func (v *VM) checkSnapshot(blob []byte) (*snapshot.Snapshot, *deviceConfig, []by
 }
 
 // migrateIn feeds a migration stream to a QEMU started with -incoming,
-// decompressing it on the way when it is gzipped.
+// decompressing it on the way when it is gzipped. A stream that fails to
+// inflate, or inflates to nothing, ends the wait at once: QEMU (7.2) does
+// not report an incoming stream that closes before its first byte, and
+// would sit in "inmigrate" until the caller's deadline.
 func (v *VM) migrateIn(ctx context.Context, p *process, stream []byte, compressed bool) error {
 	r, w, err := os.Pipe()
 	if err != nil {
-		return err
+		return fmt.Errorf("qemu: restore: %w", err)
 	}
 	const fdName = "kelpie-restore"
 	err = p.qmp.ExecuteWithFile(ctx, "getfd", map[string]string{"fdname": fdName}, r, nil)
@@ -851,30 +876,64 @@ func (v *VM) migrateIn(ctx context.Context, p *process, stream []byte, compresse
 		w.Close()
 		return fmt.Errorf("qemu: restore: passing the pipe: %w", err)
 	}
-	wrote := make(chan error, 1)
+	wctx, stopWait := context.WithCancelCause(ctx)
+	defer stopWait(nil)
+	type writeResult struct {
+		err error
+		// pipe is set when writing to QEMU failed: QEMU stopped reading,
+		// and its own error says why.
+		pipe bool
+	}
+	wrote := make(chan writeResult, 1)
 	go func() {
+		pw := &pipeWriter{w: w}
 		var err error
 		if compressed {
-			err = decompressTo(w, stream, v.maxStreamBytes())
+			err = decompressTo(pw, stream, v.maxStreamBytes())
 		} else {
-			_, err = w.Write(stream)
+			_, err = pw.Write(stream)
+		}
+		if err == nil && pw.n == 0 {
+			err = errors.New("the migration stream is empty")
 		}
 		w.Close()
-		wrote <- err
+		if err != nil && pw.err == nil {
+			// The stream itself is at fault; QEMU may be waiting for
+			// more of it.
+			stopWait(err)
+		}
+		wrote <- writeResult{err: err, pipe: pw.err != nil}
 	}()
 	if err := p.qmp.Execute(ctx, "migrate-incoming", map[string]any{"uri": "fd:" + fdName}, nil); err != nil {
 		w.Close()
 		<-wrote
 		return fmt.Errorf("qemu: restore: %w", err)
 	}
-	werr := v.waitIncoming(ctx, p)
+	werr := v.waitIncoming(wctx, p)
 	if werr != nil {
-		w.Close()
+		w.Close() // a writer still at work fails now, after QEMU did
 	}
-	if err := <-wrote; err != nil && werr == nil {
-		werr = fmt.Errorf("qemu: restore: writing the stream: %w", err)
+	if res := <-wrote; res.err != nil && (werr == nil || !res.pipe) {
+		return fmt.Errorf("qemu: restore: writing the stream: %w (%s)", res.err, p.diagnostics())
 	}
 	return werr
+}
+
+// pipeWriter counts the bytes written to QEMU's pipe and remembers the
+// pipe's own failure, to tell it from the stream's.
+type pipeWriter struct {
+	w   io.Writer
+	n   int64
+	err error
+}
+
+func (pw *pipeWriter) Write(p []byte) (int, error) {
+	n, err := pw.w.Write(p)
+	pw.n += int64(n)
+	if err != nil && pw.err == nil {
+		pw.err = err
+	}
+	return n, err
 }
 
 // waitIncoming waits until QEMU has loaded the stream and sits paused.

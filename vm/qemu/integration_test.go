@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -284,7 +285,8 @@ func TestConformance(t *testing.T) {
 			}
 			return v
 		},
-		Exit: func(code int) []string { return []string{"sh", "-c", "exit " + strconv.Itoa(code)} },
+		MaxBlobBytes: (&VM{cfg: e.config()}).maxBlobBytes(),
+		Exit:         func(code int) []string { return []string{"sh", "-c", "exit " + strconv.Itoa(code)} },
 		Repeat: func(n int, text string) []string {
 			return []string{"sh", "-c", fmt.Sprintf(`i=0; while [ $i -lt %d ]; do echo '%s'; i=$((i+1)); done`, n, text)}
 		},
@@ -435,6 +437,161 @@ func TestRestoreRefusesOtherImage(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "initramfs with SHA-256") || dst.State() != vm.StateCreated {
 		t.Fatalf("restore onto another initramfs: %v (state %s)", err, dst.State())
 	}
+}
+
+// TestFailureSentinels holds real failures to the errors package vm
+// documents. A snapshot that cannot be written — the initramfs it records
+// is gone, or the deadline has passed when QEMU is asked to migrate —
+// matches vm.ErrSnapshotFailed and leaves the VM paused, so a retry works.
+// A valid, compatible blob whose migration stream QEMU cannot load, or a
+// restore whose QEMU cannot start, matches vm.ErrRestoreFailed (and not the
+// snapshot package's refusals), fails on its own rather than at the
+// caller's deadline, and leaves the VM failed; a stream section that is
+// not gzip at all is refused before QEMU starts.
+func TestFailureSentinels(t *testing.T) {
+	e := integration(t)
+	b := newBackend(t, e.accel)
+	ctx := ctxFor(t, 4*time.Minute)
+	// The source boots from a copy of the image, so the test can take it
+	// away.
+	data, err := os.ReadFile(e.initrd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := e.config()
+	cfg.Initrd = filepath.Join(t.TempDir(), "initramfs.cpio.gz")
+	if err := os.WriteFile(cfg.Initrd, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	src, err := b.NewVM(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopAtEnd(t, src)
+	if err := src.Boot(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := src.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	snapshotFails := func(what string, ctx context.Context, also error) {
+		t.Helper()
+		_, err := src.Snapshot(ctx)
+		if !errors.Is(err, vm.ErrSnapshotFailed) || also != nil && !errors.Is(err, also) {
+			t.Fatalf("snapshot with %s: %v; want vm.ErrSnapshotFailed (and %v)", what, err, also)
+		}
+		if st := src.State(); st != vm.StatePaused {
+			t.Fatalf("state %s after a failed snapshot, want paused", st)
+		}
+		t.Logf("snapshot with %s: %v", what, err)
+	}
+	away := cfg.Initrd + ".away"
+	if err := os.Rename(cfg.Initrd, away); err != nil {
+		t.Fatal(err)
+	}
+	snapshotFails("the initramfs gone", ctx, fs.ErrNotExist)
+	if err := os.Rename(away, cfg.Initrd); err != nil {
+		t.Fatal(err)
+	}
+	// A deadline already past fails the first QMP write before anything
+	// reaches QEMU, so the VM is untouched.
+	past, cancel := context.WithDeadline(ctx, time.Now().Add(-time.Second))
+	defer cancel()
+	snapshotFails("a deadline already past", past, os.ErrDeadlineExceeded)
+	blob, err := src.Snapshot(ctx)
+	if err != nil {
+		t.Fatalf("snapshot after the failures: %v", err)
+	}
+
+	// Blobs that pass every check before loading, with a stream QEMU
+	// cannot load.
+	snap, err := snapshot.Decode(blob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gz, ok := snap.Section(sectionMigrationGz)
+	if !ok {
+		t.Fatalf("the snapshot has no %s section", sectionMigrationGz)
+	}
+	var stream bytes.Buffer
+	if err := decompressTo(&stream, gz, (&VM{cfg: cfg}).maxStreamBytes()); err != nil {
+		t.Fatal(err)
+	}
+	withStream := func(gz []byte) []byte {
+		t.Helper()
+		secs := make([]snapshot.Section, len(snap.Sections))
+		for i, sec := range snap.Sections {
+			if sec.Name == sectionMigrationGz {
+				sec.Data = gz
+			}
+			secs[i] = sec
+		}
+		out, err := snapshot.Encode(snap.Meta, secs, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	gzipped := func(data []byte) []byte {
+		t.Helper()
+		out, err := compress(data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	restore := func(what string, b *Backend, blob []byte) (vm.VMInstance, error) {
+		t.Helper()
+		dst, err := b.NewVM(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stopAtEnd(t, dst)
+		rctx, cancel := context.WithTimeout(ctx, time.Minute)
+		defer cancel()
+		err = dst.Restore(rctx, blob)
+		if rctx.Err() != nil {
+			t.Fatalf("restore of %s ran into its deadline: %v", what, err)
+		}
+		t.Logf("restore of %s: %.300s", what, err)
+		return dst, err
+	}
+	restoreFails := func(what string, b *Backend, blob []byte) error {
+		t.Helper()
+		dst, err := restore(what, b, blob)
+		if !errors.Is(err, vm.ErrRestoreFailed) || errors.Is(err, snapshot.ErrCorrupt) || !strings.Contains(err.Error(), "qemu: restore:") {
+			t.Fatalf("restore of %s: %v; want vm.ErrRestoreFailed from qemu: restore:, not snapshot.ErrCorrupt", what, err)
+		}
+		if st := dst.State(); st != vm.StateFailed {
+			t.Fatalf("state %s after restoring %s, want failed", st, what)
+		}
+		return err
+	}
+	full := gzipped(stream.Bytes())
+	restoreFails("a stream cut in half", b, withStream(gzipped(stream.Bytes()[:stream.Len()/2])))
+	restoreFails("gzip data cut in half", b, withStream(full[:len(full)/2]))
+	restoreFails("a stream that is not QEMU's", b, withStream(gzipped([]byte("this is not a QEMU migration stream"))))
+	restoreFails("an empty stream", b, withStream(gzipped(nil)))
+	// QEMU gives up at the first bytes of this one while most of it is
+	// still to be written: QEMU's reason is the one to report, not the
+	// writer's broken pipe.
+	err = restoreFails("a long stream that is not QEMU's", b, withStream(gzipped(bytes.Repeat([]byte("not a QEMU migration stream "), 1<<20))))
+	if strings.Contains(err.Error(), "writing the stream") {
+		t.Fatalf("restore of a long stream that is not QEMU's blames the writer: %v", err)
+	}
+
+	dst, err := restore("a stream that is not gzip", b, withStream([]byte("this is not gzip")))
+	if !errors.Is(err, snapshot.ErrCorrupt) || dst.State() != vm.StateCreated {
+		t.Fatalf("restore of a stream that is not gzip: %v (state %s); want snapshot.ErrCorrupt and created", err, dst.State())
+	}
+
+	// A run directory too long for a unix socket: QEMU cannot start.
+	long, err := New(Options{Accel: e.accel, RunDir: filepath.Join(t.TempDir(), strings.Repeat("d", maxSocketPath))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	restoreFails("a valid blob with no room for QEMU's sockets", long, blob)
 }
 
 // TestSerialOnlyImage: an image without the virtio modules (a kernel whose

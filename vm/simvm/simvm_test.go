@@ -24,7 +24,8 @@ func TestConformance(t *testing.T) {
 			}
 			return v
 		},
-		OpTimeout: time.Minute,
+		MaxBlobBytes: MaxSnapshotBytes,
+		OpTimeout:    time.Minute,
 	})
 }
 
@@ -41,7 +42,8 @@ func TestSimConformance(t *testing.T) {
 				}
 				return v
 			},
-			OpTimeout: time.Minute,
+			MaxBlobBytes: MaxSnapshotBytes,
+			OpTimeout:    time.Minute,
 		})
 		return nil
 	})

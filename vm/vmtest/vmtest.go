@@ -2,15 +2,19 @@
 // the state machine and its errors, exec (exit codes, stdin, output caps,
 // timeouts), guest files, and the snapshot/restore contract (a restored VM
 // is paused and holds exactly the snapshotted state; corrupt, oversized or
-// incompatible blobs are refused and leave the target created). A backend's
-// test calls Run with a function that creates a fresh VM; the suite knows
-// nothing else about the backend, so one suite holds every backend to one
-// contract.
+// incompatible blobs — another backend, hypervisor version, architecture,
+// CPU model, vCPU count, memory size or guest protocol — are refused and
+// leave the target created). A backend's test calls Run with a function
+// that creates a fresh VM and the backend's snapshot size bound for it; the
+// suite knows nothing else about the backend, so one suite holds every
+// backend to one contract.
 package vmtest
 
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"strconv"
 	"strings"
@@ -24,6 +28,10 @@ import (
 // DefaultOpTimeout bounds each suite step against a real hypervisor.
 const DefaultOpTimeout = 3 * time.Minute
 
+// MaxPaddedBlobBytes bounds Options.MaxBlobBytes: the suite allocates a blob
+// one byte larger than it, once, so test VMs must stay small.
+const MaxPaddedBlobBytes = 1 << 30
+
 // Options tell the suite how to create VMs and which guest commands to use.
 // Only New is required; the command defaults are the simulated guest's
 // command set, which matches coreutils/busybox for echo, cat and sleep.
@@ -32,6 +40,12 @@ type Options struct {
 	// gets. Restore targets come from New too, so it must return VMs of one
 	// shape (vCPUs, memory).
 	New func(t *testing.T) vm.VMInstance
+	// MaxBlobBytes is the largest snapshot blob the backend restores into
+	// a VM from New: its bound for that VM's memory size, at most
+	// MaxPaddedBlobBytes. The suite checks that the backend's own
+	// snapshots fit it and that a valid blob one byte larger is refused
+	// with snapshot.ErrTooLarge. Required.
+	MaxBlobBytes int64
 	// Echo prints its argument and a newline on stdout.
 	Echo func(text string) []string
 	// Exit exits with code.
@@ -86,6 +100,9 @@ func argv(a []string) vm.ExecRequest { return vm.ExecRequest{Command: a[0], Args
 func Run(t *testing.T, o Options) {
 	if o.New == nil {
 		t.Fatal("vmtest.Options.New is nil")
+	}
+	if o.MaxBlobBytes <= 0 || o.MaxBlobBytes > MaxPaddedBlobBytes {
+		t.Fatalf("vmtest.Options.MaxBlobBytes=%d: want the backend's snapshot bound for the VMs New returns, 1..MaxPaddedBlobBytes=%d", o.MaxBlobBytes, int64(MaxPaddedBlobBytes))
 	}
 	o.defaults()
 	s := &suite{o: o}
@@ -378,6 +395,10 @@ func (s *suite) snapshotRestore(t *testing.T) {
 	if meta.Backend != src.Backend() || meta.VCPUs != src.Config().VCPUs || meta.MemoryMiB != src.Config().MemoryMiB {
 		t.Errorf("metadata %+v does not describe %s VM %s (%d vCPUs, %d MiB)", meta, src.Backend(), src.ID(), src.Config().VCPUs, src.Config().MemoryMiB)
 	}
+	// A backend must restore what it writes.
+	if int64(len(blob)) > s.o.MaxBlobBytes {
+		t.Errorf("the snapshot is %d bytes, past the backend's own bound Options.MaxBlobBytes=%d", len(blob), s.o.MaxBlobBytes)
+	}
 	// A second snapshot of the same paused VM is allowed.
 	if _, err := src.Snapshot(ctx); err != nil {
 		t.Fatalf("a second snapshot: %v", err)
@@ -456,21 +477,94 @@ func (s *suite) restoreRefusals(t *testing.T) {
 		{"flipped bit", flipped, snapshot.ErrCorrupt},
 		{"truncated", blob[:len(blob)-1], snapshot.ErrCorrupt},
 		{"trailing bytes", append(append([]byte(nil), blob...), 0), snapshot.ErrCorrupt},
+		{"other backend", reencode(func(m *snapshot.Metadata) { m.Backend = "other-" + m.Backend }), snapshot.ErrIncompatible},
 		{"other backend version", reencode(func(m *snapshot.Metadata) { m.BackendVersion += "-other" }), snapshot.ErrIncompatible},
 		{"other CPU model", reencode(func(m *snapshot.Metadata) { m.CPUModel += "-other" }), snapshot.ErrIncompatible},
 		{"other architecture", reencode(func(m *snapshot.Metadata) { m.Arch = "other-" + m.Arch }), snapshot.ErrIncompatible},
 		{"other vCPU count", reencode(func(m *snapshot.Metadata) { m.VCPUs = m.VCPUs%vm.MaxVCPUs + 1 }), snapshot.ErrIncompatible},
+		// One MiB off: a backend must compare the size, not its order of
+		// magnitude.
+		{"other memory size", reencode(func(m *snapshot.Metadata) {
+			if m.MemoryMiB < vm.MaxMemoryMiB {
+				m.MemoryMiB++
+			} else {
+				m.MemoryMiB--
+			}
+		}), snapshot.ErrIncompatible},
 		{"other guest protocol", reencode(func(m *snapshot.Metadata) { m.GuestProtocol += 1000 }), snapshot.ErrIncompatible},
+		{"section claims too much", claimsTooMuch(t, blob), snapshot.ErrTooLarge},
+	}
+	restore := func(t *testing.T, blob []byte, want error) {
+		v := s.newVM(t)
+		err := v.Restore(s.ctx(t), blob)
+		if !errors.Is(err, want) {
+			t.Fatalf("restore: %v, want %v", err, want)
+		}
+		// The restore contract: a refused blob leaves the VM created.
+		wantState(t, v, vm.StateCreated)
 	}
 	for _, c := range cases {
-		t.Run(strings.ReplaceAll(c.name, " ", "_"), func(t *testing.T) {
-			v := s.newVM(t)
-			err := v.Restore(s.ctx(t), c.blob)
-			if !errors.Is(err, c.want) {
-				t.Fatalf("restore: %v, want %v", err, c.want)
-			}
-			// The restore contract: a refused blob leaves the VM created.
-			wantState(t, v, vm.StateCreated)
-		})
+		t.Run(strings.ReplaceAll(c.name, " ", "_"), func(t *testing.T) { restore(t, c.blob, c.want) })
 	}
+	// Built only here: it is as large as the backend's bound.
+	t.Run("one_byte_past_the_bound", func(t *testing.T) { restore(t, s.padded(t, snap, len(blob)), snapshot.ErrTooLarge) })
+}
+
+// claimsTooMuch returns blob with its first section's length raised past
+// snapshot.MaxBlobBytes, and the checksum recomputed: a blob that declares
+// more than any VM may hold must be refused before anything is read or
+// allocated by that length.
+func claimsTooMuch(t *testing.T, blob []byte) []byte {
+	t.Helper()
+	out := bytes.Clone(blob)
+	if binary.LittleEndian.Uint32(out[16:]) == 0 {
+		t.Fatal("the snapshot has no sections")
+	}
+	// The section table starts after the header: name length, name,
+	// then the u64 data length.
+	at := snapshot.HeaderBytes + 1 + int(out[snapshot.HeaderBytes])
+	binary.LittleEndian.PutUint64(out[at:], uint64(snapshot.MaxBlobBytes)+1)
+	body := len(out) - snapshot.ChecksumBytes
+	sum := sha256.Sum256(out[:body])
+	copy(out[body:], sum[:])
+	return out
+}
+
+// paddingSection is the section the suite adds to grow a snapshot.
+const paddingSection = "vmtest.padding"
+
+// padded re-encodes snap, whose blob was have bytes, with a zero-filled
+// padding section that makes it exactly one byte longer than
+// Options.MaxBlobBytes: a valid blob whose only fault is its size.
+func (s *suite) padded(t *testing.T, snap *snapshot.Snapshot, have int) []byte {
+	t.Helper()
+	want := s.o.MaxBlobBytes + 1
+	// A section costs its name-length byte, its name and its u64 length
+	// in the table, besides its data.
+	pad := want - int64(have) - int64(1+len(paddingSection)+8)
+	if pad < 0 {
+		t.Fatalf("the snapshot is %d bytes, past Options.MaxBlobBytes=%d already", have, s.o.MaxBlobBytes)
+	}
+	layout := make([]snapshot.SectionSize, 0, len(snap.Sections)+1)
+	for _, sec := range snap.Sections {
+		layout = append(layout, snapshot.SectionSize{Name: sec.Name, Size: int64(len(sec.Data))})
+	}
+	layout = append(layout, snapshot.SectionSize{Name: paddingSection, Size: pad})
+	// The builder lays the blob out in one allocation; the padding stays
+	// as allocated, zero.
+	b, err := snapshot.NewBuilder(snap.Meta, layout, want)
+	if err != nil {
+		t.Fatalf("build a %d-byte blob: %v", want, err)
+	}
+	for i, sec := range snap.Sections {
+		copy(b.Section(i), sec.Data)
+	}
+	out := b.Finish()
+	if int64(len(out)) != want {
+		t.Fatalf("the padded blob is %d bytes, want %d", len(out), want)
+	}
+	if _, err := snapshot.DecodeMax(out, want); err != nil {
+		t.Fatalf("the padded blob does not decode: %v", err)
+	}
+	return out
 }

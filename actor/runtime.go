@@ -248,6 +248,13 @@ func (r *Runtime) Invoke(ctx context.Context, id ID, method string, payload []by
 	if expired != nil {
 		req.timer.Stop()
 	}
+	// A reply that raced the deadline is the outcome.
+	select {
+	case res := <-req.reply:
+		r.recycle(req)
+		return res.out, res.err
+	default:
+	}
 	// req is not recycled: the actor may still hold it.
 	switch {
 	case req.state.CompareAndSwap(reqQueued, reqAbandoned):

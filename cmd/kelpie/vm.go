@@ -234,11 +234,18 @@ type vmBackendOptions struct {
 // not.
 func vmRegistry(o vmBackendOptions) (*vm.Registry, error) {
 	r := &vm.Registry{}
-	if _, err := firecracker.Register(r, o.firecracker); err != nil {
+	fc, err := firecracker.New(o.firecracker)
+	if err != nil {
 		return nil, err
 	}
-	if _, err := qemu.Register(r, o.qemu); err != nil {
+	qm, err := qemu.New(o.qemu)
+	if err != nil {
 		return nil, err
+	}
+	for _, b := range []vm.Backend{fc, qm} {
+		if err := r.Register(b); err != nil {
+			return nil, err
+		}
 	}
 	return r, nil
 }

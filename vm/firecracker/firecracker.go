@@ -141,19 +141,6 @@ func New(opts Options) (*Backend, error) {
 	return &Backend{opts: opts}, nil
 }
 
-// Register creates a backend with opts and adds it to r; it returns the
-// backend for callers that want more than vm.Backend offers.
-func Register(r *vm.Registry, opts Options) (*Backend, error) {
-	b, err := New(opts)
-	if err != nil {
-		return nil, err
-	}
-	if err := r.Register(b); err != nil {
-		return nil, err
-	}
-	return b, nil
-}
-
 // The backend is what a vm.Registry holds.
 var _ vm.Backend = (*Backend)(nil)
 

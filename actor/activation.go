@@ -32,10 +32,14 @@ type request struct {
 	payload  []byte
 	deadline time.Time
 	state    atomic.Int32
-	reply    chan result // buffered: the actor never blocks on a caller
+	reply    chan result // buffered: neither the actor nor the committer blocks on a caller
 	// timer fires at deadline for a caller whose context ends later; it is
 	// kept with the pooled request, so an invocation does not allocate one.
 	timer *time.Timer
+	// commit is the turn, once the actor has run it and handed it to the
+	// group commit; it lives in the pooled request so that a turn
+	// allocates none.
+	commit pendingCommit
 }
 
 type result struct {
@@ -43,10 +47,27 @@ type result struct {
 	err error
 }
 
-// activation is one active actor. Its goroutine (run) owns the fields below
-// the line; the others are guarded by mu, which callers of Invoke take to
-// enqueue, so that an activation that decided to close never receives
-// another request.
+// maxInflightTurns bounds the turns of one activation that have run and
+// wait for their commit. It bounds what one failed commit rolls back, and
+// the memory a hot actor's pipeline holds (each turn holds its state).
+const maxInflightTurns = 32
+
+// activation is one active actor. Its goroutine (run) owns the fields in
+// the group "owned by the goroutine"; mu guards the fields below it, which
+// callers of Invoke take to enqueue, so that an activation that decided to
+// close never receives another request.
+//
+// Turns are pipelined: the goroutine hands a finished turn to the group
+// commit and runs the next one at once, on the state the first one left
+// (speculatively), instead of waiting for the store. The committer replies
+// to the turn's caller when the commit is decided, so no caller hears of
+// success before its effects are durable. A turn that fails to commit
+// breaks its chain: every later turn of the chain, which ran on its
+// effects, fails too without committing, and before its next turn the
+// goroutine waits for the pipeline to empty and rebuilds the actor from the
+// last committed state (rollback). Reads during a turn see the writes of
+// the turns still in flight (overlay), so the pipeline is invisible to the
+// handler.
 type activation struct {
 	rt      *Runtime
 	id      ID
@@ -59,18 +80,32 @@ type activation struct {
 	mu       sync.Mutex
 	closing  bool
 	reason   string
-	pending  int   // requests enqueued and not yet finished
+	dropped  error // why the committer ended the activation, if it did
+	pending  int   // requests enqueued and not yet run
 	ready    bool  // loaded
 	lastUsed int64 // unix nanoseconds of the last finished turn
 	epoch    uint64
-	seq      uint64
+
+	// Shared by the goroutine and the committer.
+	inflight  atomic.Int32  // turns handed to the committer and not yet decided
+	committed atomic.Uint64 // sequence of the last commit that committed
+	broken    atomic.Uint64 // the chain one of whose turns failed to commit (0: none)
+	waiting   atomic.Bool   // the goroutine waits in awaitInflight
+	settled   chan struct{} // buffered (1): the committer wakes a waiting goroutine
+	// base is the last committed state. The committer writes it; the
+	// goroutine reads it only once no turn is in flight.
+	base []byte
+	// brokenBy is the error that broke the chain broken names; the
+	// committer's own.
+	brokenBy error
 
 	// owned by the goroutine
 	lease placement.Lease
 	actor Actor
-	state []byte // last committed state
-	m     meta   // this activation's epoch and the last commit sequence it saw
-	pc    pendingCommit
+	chain uint64  // the turns since the last rollback; starts at 1
+	state []byte  // the state after the last turn handed to the commit
+	m     meta    // this activation's epoch and the sequence its next turn expects
+	ov    overlay // writes of the turns in flight
 	// loaded is the KV version the activation read its state at, or
 	// wrote its claim at.
 	loaded kv.Version
@@ -93,7 +128,7 @@ func (a *activation) start() error {
 	}
 	now := time.Now().UnixNano()
 	a.mu.Lock()
-	a.ready, a.epoch, a.seq, a.lastUsed = true, a.m.epoch, a.m.seq, now
+	a.ready, a.epoch, a.lastUsed = true, a.m.epoch, now
 	a.mu.Unlock()
 	r.record("activate %s epoch %d seq %d", a.id, a.m.epoch, a.m.seq)
 	if r.cfg.Observer != nil {
@@ -115,8 +150,7 @@ func (a *activation) run() {
 		// is closing they must fail (they have not started), not run.
 		select {
 		case <-a.stop:
-			a.drain(fmt.Errorf("actor %s: %w: the activation is shutting down; the invocation did not run", a.id, ErrClosed))
-			a.exit(true)
+			a.stopped()
 			return
 		default:
 		}
@@ -124,24 +158,53 @@ func (a *activation) run() {
 		case req := <-a.mailbox:
 			if drop := a.turn(req); drop != nil {
 				a.closeSelf(drop.Error())
-				a.drain(fmt.Errorf("actor %s: the activation was dropped before this invocation ran (%w); it did not run", a.id, drop))
+				a.drain(droppedError(a.id, drop))
 				a.exit(true)
 				return
 			}
 		case <-a.stop:
-			a.drain(fmt.Errorf("actor %s: %w: the activation is shutting down; the invocation did not run", a.id, ErrClosed))
-			a.exit(true)
+			a.stopped()
 			return
 		case <-idle.C:
 			left, closed := a.idleClose()
 			if closed {
-				a.drain(fmt.Errorf("actor %s: %w: the activation is shutting down; the invocation did not run", a.id, ErrClosed))
-				a.exit(true)
+				a.stopped()
 				return
 			}
 			idle.Reset(left)
 		}
 	}
+}
+
+// stopped ends an activation that was closed from outside its goroutine:
+// by eviction, idleness, the runtime's Close, or the committer dropping it.
+func (a *activation) stopped() {
+	a.mu.Lock()
+	dropped := a.dropped
+	a.mu.Unlock()
+	if dropped != nil {
+		a.drain(droppedError(a.id, dropped))
+	} else {
+		a.drain(fmt.Errorf("actor %s: %w: the activation is shutting down; the invocation did not run", a.id, ErrClosed))
+	}
+	a.exit(true)
+}
+
+// droppedError fails a request that never ran because its activation was
+// dropped for why.
+func droppedError(id ID, why error) error {
+	return fmt.Errorf("actor %s: the activation was dropped before this invocation ran (%w); it did not run", id, noEffect(why))
+}
+
+// noEffect is why for an invocation that certainly had no effect because
+// of it: an ErrOutcomeUnknown in why says that some other invocation may
+// have committed, which this one did not, so it is kept out of the chain
+// errors.Is follows (the text stays).
+func noEffect(why error) error {
+	if errors.Is(why, ErrOutcomeUnknown) {
+		return errors.New(why.Error())
+	}
+	return why
 }
 
 // load acquires the lease and loads the committed state.
@@ -157,31 +220,20 @@ func (a *activation) load() error {
 	var stored meta
 	read := func(tx kv.ReadTx) (claim bool, err error) {
 		a.loaded = tx.ReadVersion()
-		mv, mok, err := tx.Get(a.keys.meta)
+		rec, ok, err := tx.Get(a.keys.record)
 		if err != nil {
-			return false, fmt.Errorf("read meta: %w", err)
+			return false, fmt.Errorf("read record: %w", err)
 		}
-		sv, sok, err := tx.Get(a.keys.state)
-		if err != nil {
-			return false, fmt.Errorf("read state: %w", err)
-		}
-		stored = meta{}
-		if mok {
-			if stored, err = decodeMeta(a.id, mv); err != nil {
+		stored, state = meta{}, nil
+		if ok {
+			if stored, state, err = decodeRecord(a.id, rec); err != nil {
 				return false, err
 			}
 		}
-		if err := checkLoad(a.id, lease.Epoch, stored, mok, sok); err != nil {
+		if err := checkLoad(a.id, lease.Epoch, stored, ok); err != nil {
 			return false, err
 		}
-		state = nil
-		if sok {
-			state = sv
-			if state == nil {
-				state = []byte{} // committed, and empty: not the same as never committed
-			}
-		}
-		return claims(lease, stored, mok), nil
+		return claims(lease, stored, ok), nil
 	}
 	if lease.Sole {
 		err = r.cfg.DB.ReadTransact(ctx, func(tx kv.ReadTx) error {
@@ -199,7 +251,7 @@ func (a *activation) load() error {
 				return err
 			}
 			tx.OnCommit(func(v kv.Version) { a.loaded = v })
-			return tx.Set(a.keys.meta, meta{epoch: lease.Epoch, seq: stored.seq}.encode())
+			return tx.Set(a.keys.record, appendRecord(nil, meta{epoch: lease.Epoch, seq: stored.seq}, state))
 		})
 		if err == nil && claimed {
 			r.record("claim %s epoch %d seq %d", a.id, lease.Epoch, stored.seq)
@@ -220,6 +272,8 @@ func (a *activation) load() error {
 		return fmt.Errorf("actor %s: %w: %w", a.id, ErrActivation, err)
 	}
 	a.lease, a.state, a.m = lease, state, meta{epoch: lease.Epoch, seq: stored.seq}
+	a.base, a.chain, a.settled = state, 1, make(chan struct{}, 1)
+	a.committed.Store(stored.seq)
 	return nil
 }
 
@@ -231,7 +285,6 @@ func (a *activation) turn(req *request) (drop error) {
 		a.mu.Lock()
 		a.pending--
 		a.lastUsed = now
-		a.seq = a.m.seq
 		a.mu.Unlock()
 	}()
 	if !req.state.CompareAndSwap(reqQueued, reqStarted) {
@@ -241,37 +294,45 @@ func (a *activation) turn(req *request) (drop error) {
 		req.reply <- result{err: fmt.Errorf("actor %s: %w: the deadline passed while the invocation waited in the mailbox; it did not run", a.id, ErrTimeout)}
 		return nil
 	}
+	if a.broken.Load() == a.chain {
+		if err := a.rollback(); err != nil {
+			req.reply <- result{err: droppedError(a.id, err)}
+			return err
+		}
+	}
 	if err := a.rt.cfg.Placement.Check(a.lease); err != nil {
 		err = fmt.Errorf("actor %s: %w: %w; the invocation did not run", a.id, ErrLeaseLost, err)
 		a.closeSelf(err.Error())
 		req.reply <- result{err: err}
 		return err
 	}
-	out, err, drop := a.execute(req)
+	err, drop := a.execute(req)
+	if err == nil {
+		return nil // the committer replies
+	}
 	if drop != nil {
 		// Closed before the caller hears of it, so that the caller's next
 		// invocation reaches a fresh activation.
 		a.closeSelf(drop.Error())
 	}
-	req.reply <- result{out: out, err: err}
+	req.reply <- result{err: err}
 	return drop
 }
 
-// execute runs the handler, then hands the turn to the group committer and
-// waits for its outcome.
-func (a *activation) execute(req *request) (out []byte, err error, drop error) {
+// execute runs the handler and hands the turn to the group committer,
+// which replies to the caller. An error means the turn never reached the
+// committer, and the caller is still to be told.
+func (a *activation) execute(req *request) (err error, drop error) {
 	r := a.rt
 	hctx := &turnContext{parent: req.ctx, deadline: req.deadline}
 	defer hctx.release()
-	// Turns of one actor are serial, so one pendingCommit per activation
-	// serves them all.
-	if a.pc.done == nil {
-		a.pc.done = make(chan struct{}, 1)
+	if len(a.ov.turns) > 0 {
+		a.ov.prune(a.committed.Load())
 	}
-	p := &a.pc
-	*p = pendingCommit{a: a, mine: a.m, done: p.done}
+	p := &req.commit
+	*p = pendingCommit{a: a, req: req, chain: a.chain, mine: a.m}
 	err = func() error {
-		call := Call{ctx: hctx, id: a.id, method: req.method, payload: req.payload, db: r.cfg.DB, keys: &a.keys}
+		call := Call{ctx: hctx, id: a.id, method: req.method, payload: req.payload, db: r.cfg.DB, keys: &a.keys, inflight: &a.ov}
 		o, herr := a.actor.Receive(&call)
 		call.db = nil
 		if cerr := hctx.Err(); cerr != nil {
@@ -287,16 +348,16 @@ func (a *activation) execute(req *request) (out []byte, err error, drop error) {
 		if serr != nil {
 			return fmt.Errorf("actor %s: %w: save state: %w", a.id, ErrHandler, serr)
 		}
-		if err := kv.CheckValue(s); err != nil {
-			return fmt.Errorf("actor %s: state: %w", a.id, err)
-		}
-		if s == nil {
-			s = []byte{}
+		if len(s) > MaxStateBytes {
+			return fmt.Errorf("actor %s: state: %w", a.id, &kv.LimitError{What: "state", Size: len(s), Limit: MaxStateBytes, Err: kv.ErrValueTooLarge})
 		}
 		// An actor that never committed and is still empty stores nothing.
-		p.changed = len(call.writes) > 0 || !bytes.Equal(s, a.state)
-		p.state, p.writes, p.bytes = s, call.writes, call.bytes
-		out = o
+		if len(call.writes) > 0 || !bytes.Equal(s, a.state) {
+			p.changed = true
+			p.record = appendRecord(make([]byte, 0, recordHeaderBytes+len(s)), a.m.next(), s)
+			p.state = p.record[recordHeaderBytes:]
+		}
+		p.writes, p.bytes, p.out = call.writes, call.bytes, o
 		return nil
 	}()
 	if err == nil {
@@ -312,45 +373,80 @@ func (a *activation) execute(req *request) (out []byte, err error, drop error) {
 		err = fmt.Errorf("actor %s: %w: the caller stopped waiting during the handler; rolled back", a.id, ErrTimeout)
 	}
 	if err != nil {
-		// The handler failed: nothing was submitted.
+		// Nothing was submitted: the actor goes back to the state the
+		// turns before this one left.
+		*p = pendingCommit{}
 		if rerr := a.rebuild(); rerr != nil {
 			drop = fmt.Errorf("actor %s: rebuild after a failed invocation: %w", a.id, rerr)
 		}
-		return nil, err, drop
+		return err, drop
 	}
-	r.submit(p)
-	if p.err == nil {
-		if p.changed {
-			a.state = p.state
-			a.m = a.m.next()
-			if r.cfg.Observer != nil {
-				r.cfg.Observer.Committed(a.id, a.m.epoch, a.m.seq, p.version)
-			}
-		}
-		return out, nil, nil
+	// The next turn runs on this one's effects.
+	if p.changed {
+		a.state = p.state
+		a.m = a.m.next()
+		a.ov.add(a.m.seq, p.writes)
 	}
-	err = p.err
-	switch {
-	case errors.Is(err, ErrFenced), errors.Is(err, ErrOutcomeUnknown), errors.Is(err, kv.ErrCorrupt):
-		// Fenced, or the state in the store is no longer known: this
-		// activation is done; the next one reloads.
-		return nil, err, err
+	a.awaitInflight(maxInflightTurns - 1)
+	a.inflight.Add(1)
+	select {
+	case r.commits <- p:
+		return nil, nil
+	case <-r.ctx.Done():
 	}
-	if rerr := a.rebuild(); rerr != nil {
-		drop = fmt.Errorf("actor %s: rebuild after a failed invocation: %w", a.id, rerr)
-	}
-	return nil, err, drop
+	// The runtime stopped. Later turns must not build on this one.
+	a.inflight.Add(-1)
+	a.broken.Store(a.chain)
+	*p = pendingCommit{}
+	return fmt.Errorf("actor %s: %w: the runtime stopped before the commit started; rolled back", a.id, ErrClosed), nil
 }
 
-// rebuild replaces the in-memory actor with a fresh one loaded from the last
-// committed state.
+// awaitInflight waits until at most n of the activation's turns are in
+// flight. The committer settles every turn it is handed (commits or fails
+// it), so this waits at most for the commits already queued.
+func (a *activation) awaitInflight(n int32) {
+	for a.inflight.Load() > n {
+		a.waiting.Store(true)
+		// Checked again after waiting is published: the committer, which
+		// decrements and then looks at waiting, cannot slip in between
+		// unseen.
+		if a.inflight.Load() > n {
+			<-a.settled
+		}
+		a.waiting.Store(false)
+	}
+}
+
+// rollback waits for the turns in flight to be decided and rebuilds the
+// actor from the last committed state, starting a new chain. It returns an
+// error when the activation must end instead.
+func (a *activation) rollback() error {
+	a.awaitInflight(0)
+	a.mu.Lock()
+	dropped := a.dropped
+	a.mu.Unlock()
+	if dropped != nil {
+		return dropped
+	}
+	a.state = a.base
+	a.m = meta{epoch: a.m.epoch, seq: a.committed.Load()}
+	a.ov.reset()
+	a.chain++
+	if err := a.rebuild(); err != nil {
+		return fmt.Errorf("actor %s: rebuild after a failed commit: %w", a.id, err)
+	}
+	return nil
+}
+
+// rebuild replaces the in-memory actor with a fresh one loaded from a.state:
+// the state after the last turn handed to the commit.
 func (a *activation) rebuild() error {
 	act := a.factory(a.id)
 	if act == nil {
 		return fmt.Errorf("the factory of %q returned nil", a.id.Namespace)
 	}
 	if err := act.Load(a.state); err != nil {
-		return fmt.Errorf("reload committed state (%d bytes): %w", len(a.state), err)
+		return fmt.Errorf("reload state (%d bytes): %w", len(a.state), err)
 	}
 	a.actor = act
 	return nil
@@ -430,6 +526,9 @@ func (a *activation) exit(loaded bool) {
 	reason := a.reason
 	a.mu.Unlock()
 	if loaded {
+		// The lease is given back only once every commit carrying its
+		// epoch has been decided.
+		a.awaitInflight(0)
 		a.release(a.lease)
 		r.record("deactivate %s epoch %d: %s", a.id, a.m.epoch, reason)
 		if r.cfg.Observer != nil {

@@ -65,6 +65,9 @@ const (
 	MaxMethodBytes = 256
 	// MaxPayloadBytes bounds an invocation's payload.
 	MaxPayloadBytes = kv.ValueLimit
+	// MaxStateBytes bounds the state an actor's Save returns: the state is
+	// stored in one KV value with its 17-byte fencing header.
+	MaxStateBytes = kv.ValueLimit - recordHeaderBytes
 )
 
 // Errors Invoke returns; branch on them with errors.Is.

@@ -131,16 +131,12 @@ func BenchmarkInvokeSpread(b *testing.B) {
 func seed(b *testing.B, db kv.DB, all []ID) {
 	b.Helper()
 	const batch = 20_000
-	m := meta{epoch: 0, seq: 1}.encode()
+	rec := appendRecord(nil, meta{epoch: 0, seq: 1}, []byte("41"))
 	for i := 0; i < len(all); i += batch {
 		end := min(i+batch, len(all))
 		err := db.Transact(context.Background(), func(tx kv.Tx) error {
 			for _, id := range all[i:end] {
-				k := keysFor(id)
-				if err := tx.Set(k.state, []byte("41")); err != nil {
-					return err
-				}
-				if err := tx.Set(k.meta, m); err != nil {
+				if err := tx.Set(keysFor(id).record, rec); err != nil {
 					return err
 				}
 			}
@@ -298,7 +294,7 @@ func BenchmarkMillionRegistered(b *testing.B) {
 }
 
 // BenchmarkStoreOnly is the floor under the runtime's figures: the KV
-// transaction an invocation runs (read the meta, write state and meta) on
+// transaction an invocation runs (read the record, write the record) on
 // the in-memory store, without the runtime, spread over 10,000 actors.
 func BenchmarkStoreOnly(b *testing.B) {
 	const actors = 10_000
@@ -315,17 +311,14 @@ func BenchmarkStoreOnly(b *testing.B) {
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		r := rand.New(rand.NewPCG(seed.Add(1), 7))
-		m := meta{epoch: 1, seq: 1}.encode()
+		rec := appendRecord(nil, meta{epoch: 1, seq: 1}, []byte("42"))
 		for pb.Next() {
 			k := ks[r.IntN(actors)]
 			err := db.Transact(ctx, func(tx kv.Tx) error {
-				if _, _, err := tx.Get(k.meta); err != nil {
+				if _, _, err := tx.Get(k.record); err != nil {
 					return err
 				}
-				if err := tx.Set(k.state, []byte("42")); err != nil {
-					return err
-				}
-				return tx.Set(k.meta, m)
+				return tx.Set(k.record, rec)
 			})
 			if err != nil {
 				b.Error(err)

@@ -12,8 +12,9 @@ import (
 // Call is one invocation as its handler sees it: the message, a context that
 // ends at the invocation's deadline, and the actor's own keys. Writes are
 // buffered and commit with the actor's new state, atomically, after the
-// handler returns; reads see the store overlaid with the turn's own writes,
-// so a handler reads what it wrote. Each read runs in its own read-only
+// handler returns; reads see the store overlaid with the writes of this
+// actor's earlier turns still being committed and then with the turn's own
+// writes, so a handler reads what it, and every turn before it, wrote. Each read runs in its own read-only
 // transaction, taken when it is made, so a turn that reads nothing costs the
 // store nothing. The reads of one turn are still consistent with each other:
 // only this actor's activation writes its keys, and the commit of the turn
@@ -27,9 +28,10 @@ type Call struct {
 	method  string
 	payload []byte
 	db      kv.DB
-	keys    *keys
-	writes  map[string]pendingWrite // full key -> write
-	bytes   int                     // bytes of the buffered writes, as kv counts them
+	keys     *keys
+	inflight *overlay                // writes of earlier turns not yet committed
+	writes   map[string]pendingWrite // full key -> write
+	bytes    int                     // bytes of the buffered writes, as kv counts them
 }
 
 type pendingWrite struct {
@@ -76,7 +78,7 @@ func (c *Call) Get(key []byte) ([]byte, bool, error) {
 	if err != nil {
 		return nil, false, err
 	}
-	if w, ok := c.writes[string(k)]; ok {
+	if w, ok := c.lookup(string(k)); ok {
 		if w.clear {
 			return nil, false, nil
 		}
@@ -148,6 +150,13 @@ func (c *Call) Scan(prefix []byte, limit int) ([]kv.KeyValue, error) {
 			mine = append(mine, wk)
 		}
 	}
+	if c.inflight != nil {
+		for wk := range c.inflight.latest {
+			if _, own := c.writes[wk]; !own && r.Contains([]byte(wk)) {
+				mine = append(mine, wk)
+			}
+		}
+	}
 	opts := kv.RangeOptions{Limit: limit}
 	if len(mine) > 0 && limit > 0 {
 		// Own clears may hide stored keys: read enough to fill the limit.
@@ -182,7 +191,7 @@ func (c *Call) Scan(prefix []byte, limit int) ([]kv.KeyValue, error) {
 				i++
 				continue
 			}
-			w := c.writes[mine[j]]
+			w, _ := c.lookup(mine[j])
 			if !w.clear {
 				out = append(out, kv.KeyValue{Key: []byte(mine[j]), Value: append([]byte(nil), w.value...)})
 			}
@@ -200,3 +209,77 @@ func (c *Call) Scan(prefix []byte, limit int) ([]kv.KeyValue, error) {
 	}
 	return out, nil
 }
+
+// lookup finds the newest write of the full key k not yet in the store: the
+// turn's own, else one of an earlier turn still being committed.
+func (c *Call) lookup(k string) (pendingWrite, bool) {
+	if w, ok := c.writes[k]; ok {
+		return w, true
+	}
+	if c.inflight != nil {
+		if w, ok := c.inflight.latest[k]; ok {
+			return w.w, true
+		}
+	}
+	return pendingWrite{}, false
+}
+
+// overlay holds the writes of an activation's turns that were handed to the
+// commit and are not yet known to have committed, so that the turns after
+// them read them (see activation). It belongs to the activation's
+// goroutine.
+type overlay struct {
+	latest map[string]overlayWrite // full key -> its newest write in flight
+	turns  []overlayTurn           // the turns in flight that wrote, oldest first
+}
+
+type overlayWrite struct {
+	w   pendingWrite
+	seq uint64 // the commit sequence of the turn that wrote it
+}
+
+type overlayTurn struct {
+	seq  uint64
+	keys []string
+}
+
+// add records the writes of the turn that commits as seq.
+func (o *overlay) add(seq uint64, writes map[string]pendingWrite) {
+	if len(writes) == 0 {
+		return
+	}
+	if o.latest == nil {
+		o.latest = make(map[string]overlayWrite, len(writes))
+	}
+	keys := make([]string, 0, len(writes))
+	for k, w := range writes {
+		o.latest[k] = overlayWrite{w: w, seq: seq}
+		keys = append(keys, k)
+	}
+	o.turns = append(o.turns, overlayTurn{seq: seq, keys: keys})
+}
+
+// prune forgets the writes of the turns up to commit sequence committed,
+// which the store now holds.
+func (o *overlay) prune(committed uint64) {
+	n := 0
+	for n < len(o.turns) && o.turns[n].seq <= committed {
+		t := o.turns[n]
+		for _, k := range t.keys {
+			if o.latest[k].seq == t.seq {
+				delete(o.latest, k)
+			}
+		}
+		n++
+	}
+	if n == len(o.turns) {
+		o.reset()
+		return
+	}
+	rest := copy(o.turns, o.turns[n:])
+	clear(o.turns[rest:])
+	o.turns = o.turns[:rest]
+}
+
+// reset forgets every write, after a rollback.
+func (o *overlay) reset() { o.latest, o.turns = nil, nil }

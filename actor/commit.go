@@ -1,7 +1,6 @@
 package actor
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"runtime"
@@ -12,13 +11,18 @@ import (
 
 // Group commit. Finished turns of every actor on the node go to one
 // committer goroutine, which commits whatever has queued up in one KV
-// transaction: for each turn it reads the actor's meta, checks the fence
-// (checkCommit) and, only if that turn passes, adds its writes, its state
-// and its new meta. A turn that fails its check is left out and fails on
-// its own; the others commit. So each turn's effects are still atomic and
-// fenced, while the store's per-transaction cost is paid once per batch
-// instead of once per invocation: that cost, not the runtime, is what
-// bounds invocations per second.
+// transaction: for each turn it reads the actor's record, checks the fence
+// (checkCommit) and, only if that turn passes, adds its writes and its new
+// record. A turn that fails its check is left out and fails on its own; the
+// others commit. So each turn's effects are still atomic and fenced, while
+// the store's per-transaction cost is paid once per batch instead of once
+// per invocation.
+//
+// The committer decides each turn's outcome and replies to its caller
+// (settle). Turns of one actor arrive in the order the actor ran them and
+// are checked in that order; a turn whose chain is broken (an earlier turn
+// of it failed) fails without being looked at, since it ran on effects that
+// never committed.
 const (
 	// maxBatchTurns bounds the turns one group commit carries.
 	maxBatchTurns = 512
@@ -30,17 +34,21 @@ const (
 	commitQueue = 4096
 )
 
-// pendingCommit is one finished turn waiting to commit.
+// pendingCommit is one finished turn waiting to commit. It lives in its
+// request; once the committer has replied, the caller may reuse both.
 type pendingCommit struct {
 	a       *activation
+	req     *request
+	chain   uint64 // the activation's chain the turn ran in
 	mine    meta   // the activation's epoch and the seq it expects
-	changed bool   // whether to write state, meta and writes
-	state   []byte // new state, when changed
+	changed bool   // whether to write the record and the writes
+	record  []byte // the new record, when changed
+	state   []byte // record's state part
 	writes  map[string]pendingWrite
-	bytes   int // mutation bytes of this turn, as kv counts them
+	bytes   int    // mutation bytes of the writes, as kv counts them
+	out     []byte // the handler's reply
 
-	done    chan struct{} // buffered (1): the committer sends once per submit
-	err     error         // set by the committer before it signals done
+	err     error // set by the committer
 	version kv.Version
 }
 
@@ -49,19 +57,7 @@ func (p *pendingCommit) mutationBytes() int {
 	if !p.changed {
 		return 0
 	}
-	return p.bytes + len(p.a.keys.state) + len(p.state) + len(p.a.keys.meta) + metaBytes
-}
-
-// submit hands p to the committer and waits for its outcome. Once the
-// committer has it, the outcome is decided by the store, not by deadlines.
-func (r *Runtime) submit(p *pendingCommit) {
-	select {
-	case r.commits <- p:
-	case <-r.ctx.Done():
-		p.err = fmt.Errorf("actor %s: %w: the runtime stopped before the commit started; rolled back", p.a.id, ErrClosed)
-		return
-	}
-	<-p.done
+	return p.bytes + len(p.a.keys.record) + len(p.record)
 }
 
 // committer runs group commits until stop is closed. It is stopped only once
@@ -116,11 +112,11 @@ type batchError struct{ err error }
 func (e *batchError) Error() string { return e.err.Error() }
 func (e *batchError) Unwrap() error { return e.err }
 
-// commitBatch commits batch and tells each turn its outcome.
+// commitBatch commits batch and settles each turn.
 func (r *Runtime) commitBatch(batch []*pendingCommit) {
 	defer func() {
 		for _, p := range batch {
-			p.done <- struct{}{}
+			r.settle(p)
 		}
 	}()
 	if err := r.ctx.Err(); err != nil {
@@ -129,28 +125,38 @@ func (r *Runtime) commitBatch(batch []*pendingCommit) {
 		}
 		return
 	}
-	// Sorted by key so that the transaction's work does not depend on the
-	// order turns happened to arrive in.
-	sort.Slice(batch, func(i, j int) bool {
-		return bytes.Compare(batch[i].a.keys.meta, batch[j].a.keys.meta) < 0
-	})
 	var version kv.Version
+	// failed holds, per attempt, the chains a turn of this batch broke;
+	// made only when one does.
+	var failed map[*activation]uint64
+	fail := func(p *pendingCommit, err error) {
+		p.err = err
+		if failed == nil {
+			failed = map[*activation]uint64{}
+		}
+		failed[p.a] = p.chain
+	}
 	err := r.cfg.DB.Transact(r.ctx, func(tx kv.Tx) error {
+		clear(failed)
 		for _, p := range batch {
 			p.err = nil
-			mv, ok, err := tx.Get(p.a.keys.meta)
+			if c, ok := failed[p.a]; ok && c == p.chain || p.a.broken.Load() == p.chain {
+				p.err = errBrokenChain
+				continue
+			}
+			rec, ok, err := tx.Get(p.a.keys.record)
 			if err != nil {
-				return &batchError{fmt.Errorf("read meta of %s: %w", p.a.id, err)}
+				return &batchError{fmt.Errorf("read record of %s: %w", p.a.id, err)}
 			}
 			var stored meta
 			if ok {
-				if stored, err = decodeMeta(p.a.id, mv); err != nil {
-					p.err = err
+				if stored, _, err = decodeRecord(p.a.id, rec); err != nil {
+					fail(p, err)
 					continue
 				}
 			}
 			if err := checkCommit(p.a.id, p.mine, stored, ok); err != nil {
-				p.err = err
+				fail(p, err)
 				continue
 			}
 			if !p.changed {
@@ -185,6 +191,73 @@ func (r *Runtime) commitBatch(batch []*pendingCommit) {
 	}
 }
 
+// errBrokenChain marks, inside commitBatch, a turn whose chain broke
+// earlier; settle words its error.
+var errBrokenChain = errors.New("broken chain")
+
+// settle tells the activation and the caller the outcome of p. The turn's
+// effects on the activation are recorded before the caller is told, so
+// that the caller's next invocation finds them.
+func (r *Runtime) settle(p *pendingCommit) {
+	a := p.a
+	switch {
+	case p.err == nil:
+		if p.changed {
+			a.base = p.state
+			a.committed.Store(p.mine.seq + 1)
+			if r.cfg.Observer != nil {
+				r.cfg.Observer.Committed(a.id, p.mine.epoch, p.mine.seq+1, p.version)
+			}
+		}
+	case p.err == errBrokenChain:
+		p.err = fmt.Errorf("actor %s: rolled back: an earlier invocation of this actor, whose effects this one saw, did not commit (%w)", a.id, noEffect(a.brokenBy))
+	default:
+		if a.broken.Load() != p.chain {
+			a.brokenBy = p.err
+			a.broken.Store(p.chain)
+		}
+		switch {
+		case errors.Is(p.err, ErrFenced), errors.Is(p.err, ErrOutcomeUnknown), errors.Is(p.err, kv.ErrCorrupt):
+			// Fenced, or the state in the store is no longer known: this
+			// activation is done; the next one reloads.
+			a.drop(p.err)
+		}
+	}
+	req, out, err := p.req, p.out, p.err
+	if err != nil {
+		out = nil
+	}
+	// From here on the caller may reuse req, and p within it.
+	req.reply <- result{out: out, err: err}
+	a.inflight.Add(-1)
+	if a.waiting.Load() {
+		select {
+		case a.settled <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// drop ends the activation from the committer: it closes before the
+// failed turn's caller is told, so that the caller's next invocation
+// reaches a fresh activation.
+func (a *activation) drop(why error) {
+	r := a.rt
+	r.mu.Lock()
+	a.mu.Lock()
+	if a.dropped == nil {
+		a.dropped = why
+	}
+	if !a.closing {
+		a.closing = true
+		a.reason = why.Error()
+		close(a.stop)
+		r.live--
+	}
+	a.mu.Unlock()
+	r.mu.Unlock()
+}
+
 // applyTurn adds one turn's mutations to tx, in key order.
 func applyTurn(tx kv.Tx, p *pendingCommit) error {
 	keys := make([]string, 0, len(p.writes))
@@ -204,11 +277,8 @@ func applyTurn(tx kv.Tx, p *pendingCommit) error {
 			return fmt.Errorf("actor %s: write: %w", p.a.id, err)
 		}
 	}
-	if err := tx.Set(p.a.keys.state, p.state); err != nil {
-		return fmt.Errorf("actor %s: write state: %w", p.a.id, err)
-	}
-	if err := tx.Set(p.a.keys.meta, p.mine.next().encode()); err != nil {
-		return fmt.Errorf("actor %s: write meta: %w", p.a.id, err)
+	if err := tx.Set(p.a.keys.record, p.record); err != nil {
+		return fmt.Errorf("actor %s: write record: %w", p.a.id, err)
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package actor
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/kelpie-go/kelpie/actor/placement"
@@ -24,42 +25,64 @@ func TestGroupCommitIsolatesAFencedTurn(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer rt.Close()
-	good := &activation{rt: rt, id: MustID("c", "good"), keys: keysFor(MustID("c", "good"))}
-	stale := &activation{rt: rt, id: MustID("c", "stale"), keys: keysFor(MustID("c", "stale"))}
+	act := func(key string) *activation {
+		id := MustID("c", key)
+		// closing: no goroutine runs these, so a drop only records why.
+		return &activation{rt: rt, id: id, keys: keysFor(id), chain: 1, settled: make(chan struct{}, 1), stop: make(chan struct{}), closing: true}
+	}
+	good, stale := act("good"), act("stale")
 	// A newer activation (epoch 9) has committed "stale".
 	err = db.Transact(ctx, func(tx kv.Tx) error {
-		if err := tx.Set(stale.keys.state, []byte("new")); err != nil {
-			return err
-		}
-		return tx.Set(stale.keys.meta, meta{epoch: 9, seq: 1}.encode())
+		return tx.Set(stale.keys.record, appendRecord(nil, meta{epoch: 9, seq: 1}, []byte("new")))
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	mk := func(a *activation, m meta, state string, key string) *pendingCommit {
 		full := append(append([]byte{}, a.keys.data...), key...)
-		return &pendingCommit{a: a, mine: m, changed: true, state: []byte(state),
-			writes: map[string]pendingWrite{string(full): {value: []byte("v")}}, bytes: len(full) + 1,
-			done: make(chan struct{}, 1)}
+		req := &request{reply: make(chan result, 1)}
+		req.commit = pendingCommit{a: a, req: req, chain: a.chain, mine: m, changed: true,
+			record: appendRecord(nil, m.next(), []byte(state)),
+			writes: map[string]pendingWrite{string(full): {value: []byte("v")}}, bytes: len(full) + 1}
+		req.commit.state = req.commit.record[recordHeaderBytes:]
+		a.inflight.Add(1)
+		return &req.commit
 	}
 	pg := mk(good, meta{epoch: 1, seq: 0}, "g1", "k")
 	ps := mk(stale, meta{epoch: 1, seq: 0}, "old", "k")
-	rt.commitBatch([]*pendingCommit{ps, pg})
-	<-pg.done
-	<-ps.done
-	if pg.err != nil {
-		t.Fatalf("the good turn failed: %v", pg.err)
+	// A second turn of stale, run on the first one's effects, must fail
+	// with it without being committed.
+	ps2 := mk(stale, meta{epoch: 1, seq: 1}, "old2", "k2")
+	rt.commitBatch([]*pendingCommit{ps, pg, ps2})
+	resG, resS, resS2 := <-pg.req.reply, <-ps.req.reply, <-ps2.req.reply
+	if resG.err != nil {
+		t.Fatalf("the good turn failed: %v", resG.err)
 	}
 	var fe *FencedError
-	if !errors.As(ps.err, &fe) || fe.StoredEpoch != 9 {
-		t.Fatalf("the stale turn: %v, want a FencedError naming epoch 9", ps.err)
+	if !errors.As(resS.err, &fe) || fe.StoredEpoch != 9 {
+		t.Fatalf("the stale turn: %v, want a FencedError naming epoch 9", resS.err)
+	}
+	if resS2.err == nil || !strings.Contains(resS2.err.Error(), "did not commit") || !errors.Is(resS2.err, ErrFenced) {
+		t.Fatalf("the stale actor's next turn: %v, want a rollback naming the fence", resS2.err)
+	}
+	if good.committed.Load() != 1 || stale.committed.Load() != 0 || stale.broken.Load() != stale.chain {
+		t.Fatalf("committed seqs good %d stale %d, stale broken %d: want 1, 0 and its chain", good.committed.Load(), stale.committed.Load(), stale.broken.Load())
+	}
+	if good.inflight.Load() != 0 || stale.inflight.Load() != 0 {
+		t.Fatalf("turns still in flight: good %d, stale %d", good.inflight.Load(), stale.inflight.Load())
+	}
+	if stale.dropped == nil {
+		t.Fatal("the fenced activation was not dropped")
 	}
 	err = db.ReadTransact(ctx, func(tx kv.ReadTx) error {
-		if v, _, _ := tx.Get(good.keys.state); string(v) != "g1" {
+		if v, _, _ := tx.Get(good.keys.record); string(v[recordHeaderBytes:]) != "g1" {
 			t.Errorf("good state %q, want g1", v)
 		}
-		if v, _, _ := tx.Get(stale.keys.state); string(v) != "new" {
+		if v, _, _ := tx.Get(stale.keys.record); string(v[recordHeaderBytes:]) != "new" {
 			t.Errorf("stale turn overwrote the state: %q", v)
+		}
+		if _, ok, _ := tx.Get(append(append([]byte{}, stale.keys.data...), "k2"...)); ok {
+			t.Error("the stale actor's second turn's write is visible")
 		}
 		if _, ok, _ := tx.Get(append(append([]byte{}, stale.keys.data...), 'k')); ok {
 			t.Error("the stale turn's write is visible")
@@ -72,8 +95,8 @@ func TestGroupCommitIsolatesAFencedTurn(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st := rt.Stats(); st.Batches != 1 || st.Turns != 2 {
-		t.Fatalf("stats %+v, want one batch of two turns", st)
+	if st := rt.Stats(); st.Batches != 1 || st.Turns != 3 {
+		t.Fatalf("stats %+v, want one batch of three turns", st)
 	}
 }
 
@@ -92,7 +115,7 @@ func TestFencePureDecisions(t *testing.T) {
 		{"older stored epoch", meta{4, 5}, meta{3, 5}, true, nil, false},
 		{"newer stored epoch", meta{3, 5}, meta{4, 6}, true, ErrFenced, false},
 		{"someone committed since", meta{3, 5}, meta{2, 6}, true, ErrFenced, true},
-		{"meta vanished", meta{3, 5}, meta{}, false, kv.ErrCorrupt, false},
+		{"record vanished", meta{3, 5}, meta{}, false, kv.ErrCorrupt, false},
 	}
 	for _, c := range cases {
 		err := checkCommit(id, c.mine, c.stored, c.present)
@@ -104,20 +127,31 @@ func TestFencePureDecisions(t *testing.T) {
 			t.Errorf("%s: Stale = %v", c.name, fe.Stale)
 		}
 	}
-	if err := checkLoad(id, 3, meta{4, 1}, true, true); !errors.Is(err, ErrFenced) {
+	if err := checkLoad(id, 3, meta{4, 1}, true); !errors.Is(err, ErrFenced) {
 		t.Errorf("load with an older lease: %v", err)
 	}
-	if err := checkLoad(id, 3, meta{3, 1}, true, false); !errors.Is(err, kv.ErrCorrupt) {
-		t.Errorf("meta without state: %v", err)
-	}
-	if err := checkLoad(id, 3, meta{}, false, false); err != nil {
+	if err := checkLoad(id, 3, meta{}, false); err != nil {
 		t.Errorf("fresh actor: %v", err)
 	}
-	if _, err := decodeMeta(id, []byte("short")); !errors.Is(err, kv.ErrCorrupt) {
-		t.Errorf("short meta: %v", err)
+	for _, bad := range []struct {
+		name string
+		rec  []byte
+	}{
+		{"short", []byte("short")},
+		{"unknown format", append([]byte{9}, make([]byte, 16)...)},
+		{"claim holding state", appendRecord(nil, meta{epoch: 3, seq: 0}, []byte("x"))},
+	} {
+		if _, _, err := decodeRecord(id, bad.rec); !errors.Is(err, kv.ErrCorrupt) {
+			t.Errorf("%s record: %v, want kv.ErrCorrupt", bad.name, err)
+		}
 	}
-	m := meta{epoch: 7, seq: 42}
-	if got, err := decodeMeta(id, m.encode()); err != nil || got != m {
-		t.Errorf("round trip %+v: %+v %v", m, got, err)
+	for _, c := range []struct {
+		m     meta
+		state []byte
+	}{{meta{7, 42}, []byte("s")}, {meta{7, 1}, []byte{}}, {meta{7, 0}, nil}} {
+		m, state, err := decodeRecord(id, appendRecord(nil, c.m, c.state))
+		if err != nil || m != c.m || string(state) != string(c.state) || (state == nil) != (c.state == nil) {
+			t.Errorf("round trip %+v %q: %+v %q %v", c.m, c.state, m, state, err)
+		}
 	}
 }

@@ -105,8 +105,8 @@ func trunc(s string) string {
 }
 
 // Storage layout. Everything of one actor lives under "actor/<ns>/<key>/":
-// "s" its state, "m" its meta (fencing epoch and commit sequence), and
-// "d/<user key>" the keys it writes through Call. Because neither part of an
+// "r" its record (its fencing meta and its state, in one value: see
+// appendRecord), and "d/<user key>" the keys it writes through Call. Because neither part of an
 // ID may hold '/', one actor's prefix is never a prefix of another's.
 const keyPrefix = "actor/"
 
@@ -122,16 +122,14 @@ func actorPrefix(id ID) []byte {
 
 // keys are an activation's storage keys, computed once.
 type keys struct {
-	state []byte
-	meta  []byte
-	data  []byte // prefix of the actor's own keys
+	record []byte
+	data   []byte // prefix of the actor's own keys
 }
 
 func keysFor(id ID) keys {
 	p := actorPrefix(id)
 	k := keys{}
-	k.state = append(append([]byte{}, p...), 's')
-	k.meta = append(append([]byte{}, p...), 'm')
+	k.record = append(append([]byte{}, p...), 'r')
 	k.data = append(append([]byte{}, p...), 'd', '/')
 	return k
 }

@@ -421,7 +421,7 @@ func (r *Runtime) Active() []Activation {
 	for _, a := range r.acts {
 		a.mu.Lock()
 		if a.ready && !a.closing {
-			out = append(out, Activation{ID: a.id, Epoch: a.epoch, Seq: a.seq, LastUsed: time.Unix(0, a.lastUsed)})
+			out = append(out, Activation{ID: a.id, Epoch: a.epoch, Seq: a.committed.Load(), LastUsed: time.Unix(0, a.lastUsed)})
 		}
 		a.mu.Unlock()
 	}

@@ -217,12 +217,11 @@ func TestHandlerErrorRollsBackStateAndWrites(t *testing.T) {
 
 func TestStateThatFailsToLoadIsAnError(t *testing.T) {
 	db := memkv.New()
-	// A committed state the counter cannot parse, with valid meta.
+	// A committed state the counter cannot parse, in a valid record
+	// (format 1, epoch 0, commit 1).
 	err := db.Transact(context.Background(), func(tx kv.Tx) error {
-		if err := tx.Set([]byte("actor/counter/bad/s"), []byte("not a number")); err != nil {
-			return err
-		}
-		return tx.Set([]byte("actor/counter/bad/m"), make([]byte, 16))
+		rec := append([]byte{1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1}, "not a number"...)
+		return tx.Set([]byte("actor/counter/bad/r"), rec)
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -235,19 +234,21 @@ func TestStateThatFailsToLoadIsAnError(t *testing.T) {
 	if rt.NumActive() != 0 || pl.Held() != 0 {
 		t.Fatalf("after a failed activation: %d active, %d leases held; want 0 and 0", rt.NumActive(), pl.Held())
 	}
-	// Meta that says commit 1 happened, without its state, is corruption,
-	// not a fresh actor. (Meta at commit 0 is a claim by an activation that
-	// never committed.)
-	err = db.Transact(context.Background(), func(tx kv.Tx) error {
-		m := make([]byte, 16)
-		m[15] = 1
-		return tx.Set([]byte("actor/counter/half/m"), m)
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := rt.Invoke(context.Background(), actor.MustID("counter", "half"), "get", nil); !errors.Is(err, kv.ErrCorrupt) {
-		t.Fatalf("invoke with meta but no state: %v, want kv.ErrCorrupt", err)
+	// A record that is not one (too short for its header), and a claim
+	// (commit 0) that holds state, are corruption, not a fresh actor.
+	for key, rec := range map[string][]byte{
+		"short": {1, 0, 0},
+		"claim": append([]byte{1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0}, "41"...),
+	} {
+		err = db.Transact(context.Background(), func(tx kv.Tx) error {
+			return tx.Set([]byte("actor/counter/"+key+"/r"), rec)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := rt.Invoke(context.Background(), actor.MustID("counter", key), "get", nil); !errors.Is(err, kv.ErrCorrupt) {
+			t.Fatalf("invoke on the %s record: %v, want kv.ErrCorrupt", key, err)
+		}
 	}
 }
 

@@ -19,7 +19,7 @@ func (r *Runtime) newRequest() *request {
 }
 
 func (r *Runtime) recycle(q *request) {
-	q.ctx, q.method, q.payload = nil, "", nil
+	q.ctx, q.method, q.payload, q.commit = nil, "", nil, pendingCommit{}
 	r.requests.Put(q)
 }
 

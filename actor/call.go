@@ -23,11 +23,11 @@ import (
 // someone else's write does not commit. A Call is valid only during
 // Receive.
 type Call struct {
-	ctx     context.Context
-	id      ID
-	method  string
-	payload []byte
-	db      kv.DB
+	ctx      context.Context
+	id       ID
+	method   string
+	payload  []byte
+	db       kv.DB
 	keys     *keys
 	inflight *overlay                // writes of earlier turns not yet committed
 	writes   map[string]pendingWrite // full key -> write

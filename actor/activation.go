@@ -73,9 +73,18 @@ type activation struct {
 	id      ID
 	factory Factory
 	keys    keys
+	// mailbox holds the requests; a nil one is a poke, which wakes the
+	// goroutine to look at shut.
 	mailbox chan *request
-	stop    chan struct{} // closed by whoever sets closing from outside the goroutine
 	done    chan struct{} // closed when the goroutine has left the runtime's map
+	// shut is set (under mu, with closing) by whoever closes the activation
+	// from outside its goroutine, which then pokes the mailbox. The
+	// goroutine reads it without the lock before each request.
+	shut atomic.Bool
+	// idle fires after IdleTimeout and closes the activation if it was not
+	// used meanwhile, or sets itself again (idleCheck). It is not touched
+	// by turns, so a turn costs no timer operation.
+	idle *time.Timer
 
 	mu       sync.Mutex
 	closing  bool
@@ -121,7 +130,7 @@ func (a *activation) start() error {
 	if err := a.load(); err != nil {
 		r.record("activate %s failed: %v", a.id, err)
 		a.closeSelf("activation failed")
-		a.drain(err)
+		a.drain(nil, err)
 		a.exit(false)
 		r.wg.Done()
 		return err
@@ -134,58 +143,91 @@ func (a *activation) start() error {
 	if r.cfg.Observer != nil {
 		r.cfg.Observer.Activated(a.id, a.m.epoch, a.m.seq, a.loaded)
 	}
+	a.idle = time.AfterFunc(r.cfg.IdleTimeout, a.idleCheck)
 	go a.run()
 	return nil
 }
 
 // run is the actor's goroutine: it runs turns one at a time until the
-// activation closes.
+// activation closes. Waiting is one plain receive from the mailbox.
 func (a *activation) run() {
-	r := a.rt
-	defer r.wg.Done()
-	idle := time.NewTimer(r.cfg.IdleTimeout)
-	defer idle.Stop()
+	defer a.rt.wg.Done()
 	for {
+		req := <-a.mailbox
 		// A stop takes precedence over queued requests: once the activation
 		// is closing they must fail (they have not started), not run.
-		select {
-		case <-a.stop:
-			a.stopped()
+		if a.shut.Load() {
+			a.stopped(req)
 			return
-		default:
 		}
-		select {
-		case req := <-a.mailbox:
-			if drop := a.turn(req); drop != nil {
-				a.closeSelf(drop.Error())
-				a.drain(droppedError(a.id, drop))
-				a.exit(true)
-				return
-			}
-		case <-a.stop:
-			a.stopped()
+		if req == nil {
+			continue // a poke whose reason was already handled
+		}
+		if drop := a.turn(req); drop != nil {
+			a.closeSelf(drop.Error())
+			a.drain(nil, droppedError(a.id, drop))
+			a.exit(true)
 			return
-		case <-idle.C:
-			left, closed := a.idleClose()
-			if closed {
-				a.stopped()
-				return
-			}
-			idle.Reset(left)
 		}
 	}
 }
 
+// poke wakes the goroutine. A full mailbox needs no poke: the goroutine is
+// not waiting, and looks at shut before its next request.
+func (a *activation) poke() {
+	select {
+	case a.mailbox <- nil:
+	default:
+	}
+}
+
+// shutLocked closes the activation from outside its goroutine, for reason.
+// r.mu and a.mu are held.
+func (a *activation) shutLocked(reason string) {
+	if a.closing {
+		return
+	}
+	a.closing = true
+	a.reason = reason
+	a.shut.Store(true)
+	a.rt.live--
+	a.poke()
+}
+
+// idleCheck runs when the idle timer fires: it closes an activation unused
+// for IdleTimeout, or sets the timer for when it might be.
+func (a *activation) idleCheck() {
+	r := a.rt
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.closing {
+		return // the timer is not set again once closing is
+	}
+	idleFor := time.Duration(time.Now().UnixNano() - a.lastUsed)
+	if a.pending > 0 || idleFor < r.cfg.IdleTimeout {
+		left := r.cfg.IdleTimeout - idleFor
+		if left <= 0 {
+			left = r.cfg.IdleTimeout
+		}
+		a.idle.Reset(left)
+		return
+	}
+	a.shutLocked("idle")
+}
+
 // stopped ends an activation that was closed from outside its goroutine:
 // by eviction, idleness, the runtime's Close, or the committer dropping it.
-func (a *activation) stopped() {
+// first is the request just received, if any.
+func (a *activation) stopped(first *request) {
 	a.mu.Lock()
 	dropped := a.dropped
 	a.mu.Unlock()
 	if dropped != nil {
-		a.drain(droppedError(a.id, dropped))
+		a.drain(first, droppedError(a.id, dropped))
 	} else {
-		a.drain(fmt.Errorf("actor %s: %w: the activation is shutting down; the invocation did not run", a.id, ErrClosed))
+		a.drain(first, fmt.Errorf("actor %s: %w: the activation is shutting down; the invocation did not run", a.id, ErrClosed))
 	}
 	a.exit(true)
 }
@@ -466,43 +508,25 @@ func (a *activation) closeSelf(reason string) {
 	r.mu.Unlock()
 }
 
-// idleClose closes the activation if it has been idle for IdleTimeout, or
-// returns how long until it might be.
-func (a *activation) idleClose() (time.Duration, bool) {
-	r := a.rt
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.closing {
-		return 0, true
-	}
-	idleFor := time.Duration(time.Now().UnixNano() - a.lastUsed)
-	if a.pending > 0 || idleFor < r.cfg.IdleTimeout {
-		left := r.cfg.IdleTimeout - idleFor
-		if left <= 0 {
-			left = r.cfg.IdleTimeout
+// drain fails first (if not nil) and every request still in the mailbox
+// with err. The activation is closing, so no more arrive.
+func (a *activation) drain(first *request, err error) {
+	fail := func(req *request) {
+		if req == nil {
+			return // a poke
 		}
-		return left, false
+		if req.state.CompareAndSwap(reqQueued, reqStarted) {
+			req.reply <- result{err: err}
+		}
+		a.mu.Lock()
+		a.pending--
+		a.mu.Unlock()
 	}
-	a.closing = true
-	a.reason = "idle"
-	r.live--
-	return 0, true
-}
-
-// drain fails every request still in the mailbox with err. The activation
-// is closing, so no more arrive.
-func (a *activation) drain(err error) {
+	fail(first)
 	for {
 		select {
 		case req := <-a.mailbox:
-			if req.state.CompareAndSwap(reqQueued, reqStarted) {
-				req.reply <- result{err: err}
-			}
-			a.mu.Lock()
-			a.pending--
-			a.mu.Unlock()
+			fail(req)
 		default:
 			return
 		}
@@ -526,6 +550,8 @@ func (a *activation) exit(loaded bool) {
 	reason := a.reason
 	a.mu.Unlock()
 	if loaded {
+		// closing is set, so the idle timer is not set again.
+		a.idle.Stop()
 		// The lease is given back only once every commit carrying its
 		// epoch has been decided.
 		a.awaitInflight(0)

@@ -248,12 +248,7 @@ func (a *activation) drop(why error) {
 	if a.dropped == nil {
 		a.dropped = why
 	}
-	if !a.closing {
-		a.closing = true
-		a.reason = why.Error()
-		close(a.stop)
-		r.live--
-	}
+	a.shutLocked(why.Error())
 	a.mu.Unlock()
 	r.mu.Unlock()
 }

@@ -28,7 +28,7 @@ func TestGroupCommitIsolatesAFencedTurn(t *testing.T) {
 	act := func(key string) *activation {
 		id := MustID("c", key)
 		// closing: no goroutine runs these, so a drop only records why.
-		return &activation{rt: rt, id: id, keys: keysFor(id), chain: 1, settled: make(chan struct{}, 1), stop: make(chan struct{}), closing: true}
+		return &activation{rt: rt, id: id, keys: keysFor(id), chain: 1, settled: make(chan struct{}, 1), closing: true}
 	}
 	good, stale := act("good"), act("stale")
 	// A newer activation (epoch 9) has committed "stale".

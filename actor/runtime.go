@@ -342,7 +342,6 @@ func (r *Runtime) activate(id ID) (a *activation, created bool, err error) {
 		factory: f,
 		keys:    keysFor(id),
 		mailbox: make(chan *request, r.cfg.MailboxSize),
-		stop:    make(chan struct{}),
 		done:    make(chan struct{}),
 	}
 	r.acts[id] = a
@@ -386,10 +385,7 @@ func (r *Runtime) evictLocked() bool {
 	victim.mu.Lock()
 	ok := !victim.closing && victim.pending == 0
 	if ok {
-		victim.closing = true
-		victim.reason = "evicted"
-		close(victim.stop)
-		r.live--
+		victim.shutLocked("evicted")
 	}
 	victim.mu.Unlock()
 	return ok
@@ -458,12 +454,7 @@ func (r *Runtime) Close() error {
 	r.closed = true
 	for _, a := range r.acts {
 		a.mu.Lock()
-		if !a.closing {
-			a.closing = true
-			a.reason = "runtime closed"
-			close(a.stop)
-			r.live--
-		}
+		a.shutLocked("runtime closed")
 		a.mu.Unlock()
 	}
 	r.mu.Unlock()

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/kelpie-go/kelpie/kv"
 )
@@ -23,13 +24,21 @@ var LocalEpochKey = []byte("kelpie/placement/local/epoch")
 // running, and activation records nothing. Within the process it refuses a
 // second lease on an actor it already holds.
 type Local struct {
-	node  string
-	epoch uint64
+	node   string
+	epoch  uint64
+	closed atomic.Bool // set under mu
 
-	mu     sync.Mutex
-	held   map[string]struct{}
-	peak   int // the most entries held has had since it was last rebuilt
-	closed bool
+	mu   sync.Mutex
+	held map[string]*localHold
+	peak int // the most entries held has had since it was last rebuilt
+}
+
+// localHold is one lease Local granted. The lease carries it, so that
+// Check, which the runtime calls before every turn, reads two atomics
+// instead of taking the lock and looking the actor up.
+type localHold struct {
+	owner    *Local
+	released atomic.Bool // set under owner.mu
 }
 
 // shrinkMinPeak is the map size below which Local does not rebuild it.
@@ -67,7 +76,7 @@ func NewLocal(ctx context.Context, db kv.DB, node string) (*Local, error) {
 	if err != nil {
 		return nil, fmt.Errorf("placement: bump local epoch: %w", err)
 	}
-	return &Local{node: node, epoch: epoch, held: map[string]struct{}{}}, nil
+	return &Local{node: node, epoch: epoch, held: map[string]*localHold{}}, nil
 }
 
 // Epoch is the epoch of every lease this Local grants.
@@ -80,30 +89,38 @@ func (l *Local) Node() string { return l.node }
 func (l *Local) Acquire(ctx context.Context, actor string) (Lease, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.closed {
+	if l.closed.Load() {
 		return Lease{}, fmt.Errorf("acquire %s: %w: the placement is closed", actor, ErrLeaseLost)
 	}
 	if _, ok := l.held[actor]; ok {
 		return Lease{}, fmt.Errorf("acquire %s: %w", actor, ErrHeld)
 	}
-	l.held[actor] = struct{}{}
+	h := &localHold{owner: l}
+	l.held[actor] = h
 	if len(l.held) > l.peak {
 		l.peak = len(l.held)
 	}
-	return Lease{Actor: actor, Node: l.node, Epoch: l.epoch, Sole: true}, nil
+	return Lease{Actor: actor, Node: l.node, Epoch: l.epoch, Sole: true, local: h}, nil
 }
 
 // Check reports whether the lease is one this Local granted and still holds.
 func (l *Local) Check(ls Lease) error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.closed {
+	if l.closed.Load() {
 		return fmt.Errorf("%s: %w: the placement is closed", ls, ErrLeaseLost)
 	}
 	if ls.Epoch != l.epoch || ls.Node != l.node {
 		return fmt.Errorf("%s: %w: this process grants epoch %d on %s", ls, ErrLeaseLost, l.epoch, l.node)
 	}
-	if _, ok := l.held[ls.Actor]; !ok {
+	if h := ls.local; h != nil && h.owner == l {
+		if h.released.Load() {
+			return fmt.Errorf("%s: %w: it was released", ls, ErrLeaseLost)
+		}
+		return nil
+	}
+	// A lease rebuilt from its exported fields: the table decides.
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if h, ok := l.held[ls.Actor]; !ok || h.released.Load() {
 		return fmt.Errorf("%s: %w: it was released", ls, ErrLeaseLost)
 	}
 	return nil
@@ -116,16 +133,18 @@ func (l *Local) Release(ctx context.Context, ls Lease) error {
 	if ls.Epoch != l.epoch {
 		return fmt.Errorf("release %s: %w: this process grants epoch %d", ls, ErrLeaseLost, l.epoch)
 	}
-	if _, ok := l.held[ls.Actor]; !ok {
+	h, ok := l.held[ls.Actor]
+	if !ok || ls.local != nil && ls.local != h {
 		return fmt.Errorf("release %s: %w: not held", ls, ErrLeaseLost)
 	}
+	h.released.Store(true)
 	delete(l.held, ls.Actor)
 	// A Go map keeps the buckets of deleted entries; rebuild it once it is
 	// down to a quarter of its peak.
 	if l.peak >= shrinkMinPeak && len(l.held) <= l.peak/4 {
-		m := make(map[string]struct{}, len(l.held))
-		for k := range l.held {
-			m[k] = struct{}{}
+		m := make(map[string]*localHold, len(l.held))
+		for k, h := range l.held {
+			m[k] = h
 		}
 		l.held, l.peak = m, len(m)
 	}
@@ -143,6 +162,9 @@ func (l *Local) Held() int {
 func (l *Local) Close() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.closed = true
-	l.held = map[string]struct{}{}
+	l.closed.Store(true)
+	for _, h := range l.held {
+		h.released.Store(true)
+	}
+	l.held = map[string]*localHold{}
 }

@@ -49,6 +49,10 @@ type Lease struct {
 	// commit is refused at once rather than only after the new holder's
 	// first commit. Sole leases skip that write.
 	Sole bool
+
+	// local is the grant behind a lease from Local, which checks it
+	// without a lookup.
+	local *localHold
 }
 
 // String names the lease for messages.

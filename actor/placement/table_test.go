@@ -151,7 +151,33 @@ func TestLocalBumpsEpochPerProcess(t *testing.T) {
 	if err := b.Check(l); !errors.Is(err, ErrLeaseLost) {
 		t.Fatalf("released lease checked: %v, want ErrLeaseLost", err)
 	}
+	// The actor granted again: the old lease stays released, the new one
+	// is good, and so is a copy of it rebuilt from its exported fields,
+	// which Check looks up.
+	l2, err := b.Acquire(ctx, "a:x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rebuilt := Lease{Actor: l2.Actor, Node: l2.Node, Epoch: l2.Epoch, Sole: l2.Sole}
+	if err := b.Check(l); !errors.Is(err, ErrLeaseLost) {
+		t.Fatalf("the released lease after a new grant: %v, want ErrLeaseLost", err)
+	}
+	if err := b.Release(ctx, l); !errors.Is(err, ErrLeaseLost) {
+		t.Fatalf("releasing the old lease released the new grant: %v", err)
+	}
+	if err := b.Check(l2); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Check(rebuilt); err != nil {
+		t.Fatalf("rebuilt lease: %v", err)
+	}
 	b.Close()
+	if err := b.Check(l2); !errors.Is(err, ErrLeaseLost) {
+		t.Fatalf("lease after Close: %v, want ErrLeaseLost", err)
+	}
+	if err := b.Check(rebuilt); !errors.Is(err, ErrLeaseLost) {
+		t.Fatalf("rebuilt lease after Close: %v, want ErrLeaseLost", err)
+	}
 	if _, err := b.Acquire(ctx, "a:y"); !errors.Is(err, ErrLeaseLost) {
 		t.Fatalf("acquire after Close: %v", err)
 	}

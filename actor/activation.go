@@ -115,6 +115,7 @@ type activation struct {
 	state []byte  // the state after the last turn handed to the commit
 	m     meta    // this activation's epoch and the sequence its next turn expects
 	ov    overlay // writes of the turns in flight
+	call  Call    // the Call of the turn running
 	// loaded is the KV version the activation read its state at, or
 	// wrote its claim at.
 	loaded kv.Version
@@ -374,8 +375,11 @@ func (a *activation) execute(req *request) (err error, drop error) {
 	p := &req.commit
 	*p = pendingCommit{a: a, req: req, chain: a.chain, mine: a.m}
 	err = func() error {
-		call := Call{ctx: hctx, id: a.id, method: req.method, payload: req.payload, db: r.cfg.DB, keys: &a.keys, inflight: &a.ov}
-		o, herr := a.actor.Receive(&call)
+		// Turns are serial, so one Call serves them all; a Call is valid
+		// only during Receive, and one kept past it fails on use.
+		a.call = Call{ctx: hctx, id: a.id, method: req.method, payload: req.payload, db: r.cfg.DB, keys: &a.keys, inflight: &a.ov}
+		call := &a.call
+		o, herr := a.actor.Receive(call)
 		call.db = nil
 		if cerr := hctx.Err(); cerr != nil {
 			if errors.Is(cerr, context.DeadlineExceeded) {

@@ -10,10 +10,13 @@ import (
 	"github.com/kelpie-go/kelpie/kv"
 )
 
-// write is one buffered point write; tombstone marks a Clear.
+// write is one buffered point write; tombstone marks a Clear. end, when
+// set, is key+"\x00" (the end of the write's conflict range) sharing key's
+// bytes, as singleKey makes them.
 type write struct {
 	key       []byte
 	value     []byte
+	end       []byte
 	tombstone bool
 }
 
@@ -57,7 +60,10 @@ type Tx struct {
 	cleared []kv.KeyRange        // sorted, disjoint, non-adjacent
 	reads   []kv.KeyRange
 	size    int // bytes counted against kv.TransactionLimit
-	hooks   []func(kv.Version)
+	// lastPoint is the read range of the last Get that reached the
+	// snapshot: a copy of its key and the key+"\x00" that ends it.
+	lastPoint kv.KeyRange
+	hooks     []func(kv.Version)
 	bufs    *setBufs // reused arrays, nil once recycled
 }
 
@@ -118,10 +124,15 @@ func (t *Tx) finish() (*Commit, []func(kv.Version)) {
 	defer t.mu.Unlock()
 	c := &Commit{ReadVersion: t.snap.Version(), Reads: t.reads}
 	n := len(t.cleared)
-	ends := 0 // bytes of the point writes' range ends, key + "\x00" each
+	ends := 0 // bytes of the point writes' range ends still to make, key + "\x00" each
 	if t.points != nil {
 		n += t.points.Len()
-		t.points.Ascend(func(w write) bool { ends += len(w.key) + 1; return true })
+		t.points.Ascend(func(w write) bool {
+			if w.end == nil {
+				ends += len(w.key) + 1
+			}
+			return true
+		})
 	}
 	if n == 0 {
 		return c, t.hooks
@@ -139,17 +150,25 @@ func (t *Tx) finish() (*Commit, []func(kv.Version)) {
 	}
 	if t.points != nil {
 		// The write ranges [key, key+"\x00") begin at the buffered keys,
-		// which nothing modifies, and end in one shared allocation.
-		buf := make([]byte, 0, ends)
+		// which nothing modifies, and end where the key's read made its end
+		// already, or else in one shared allocation.
+		var buf []byte
+		if ends > 0 {
+			buf = make([]byte, 0, ends)
+		}
 		t.points.Ascend(func(w write) bool {
 			if w.tombstone {
 				c.Mutations = append(c.Mutations, Mutation{Op: OpClear, Key: w.key})
 			} else {
 				c.Mutations = append(c.Mutations, Mutation{Op: OpSet, Key: w.key, Value: w.value})
 			}
-			start := len(buf)
-			buf = append(append(buf, w.key...), 0)
-			c.Writes = append(c.Writes, kv.KeyRange{Begin: w.key, End: buf[start:len(buf):len(buf)]})
+			end := w.end
+			if end == nil {
+				start := len(buf)
+				buf = append(append(buf, w.key...), 0)
+				end = buf[start:len(buf):len(buf)]
+			}
+			c.Writes = append(c.Writes, kv.KeyRange{Begin: w.key, End: end})
 			return true
 		})
 		// Hand the nodes back for the next transaction; the keys and
@@ -214,9 +233,11 @@ func (t *Tx) Get(key []byte) ([]byte, bool, error) {
 	if t.inCleared(key) {
 		return nil, false, nil
 	}
-	if err := t.addRead(singleKey(key)); err != nil {
+	r := singleKey(key)
+	if err := t.addRead(r); err != nil {
 		return nil, false, fmt.Errorf("get: %w", err)
 	}
+	t.lastPoint = r
 	v, ok, err := t.snap.Get(key)
 	if err != nil {
 		return nil, false, fmt.Errorf("get %q: %w", key, err)
@@ -330,8 +351,9 @@ func (t *Tx) GetRange(r kv.KeyRange, opts kv.RangeOptions) ([]kv.KeyValue, error
 	}
 
 	// Only what was actually read joins the conflict set: a limited read
-	// does not depend on keys past the last one it returned.
-	read := kv.KeyRange{Begin: r.Begin, End: r.End}
+	// does not depend on keys past the last one it returned. The bounds
+	// are copied: the caller may reuse its buffers.
+	read := cloneRange(r)
 	if full() {
 		last := out[len(out)-1].Key
 		if opts.Reverse {
@@ -362,8 +384,20 @@ func (t *Tx) Set(key, value []byte) error {
 	if err := t.grow(len(key) + len(value)); err != nil {
 		return fmt.Errorf("set %q: %w", truncKey(key), err)
 	}
-	t.writes().ReplaceOrInsert(write{key: clone(key), value: cloneNonNil(value)})
+	k, end := t.ownKey(key)
+	t.writes().ReplaceOrInsert(write{key: k, value: cloneNonNil(value), end: end})
 	return nil
+}
+
+// ownKey returns a copy of key for the write buffer. A key the transaction
+// has just read (read, then write: the common update) is already copied,
+// with its range end, in the read set; both are immutable, so the write
+// shares them instead of copying again.
+func (t *Tx) ownKey(key []byte) (k, end []byte) {
+	if r := t.lastPoint; r.Begin != nil && bytes.Equal(r.Begin, key) {
+		return r.Begin, r.End
+	}
+	return clone(key), nil
 }
 
 // Clear implements kv.Tx.
@@ -379,7 +413,8 @@ func (t *Tx) Clear(key []byte) error {
 	if err := t.grow(len(key)); err != nil {
 		return fmt.Errorf("clear %q: %w", truncKey(key), err)
 	}
-	t.writes().ReplaceOrInsert(write{key: clone(key), tombstone: true})
+	k, end := t.ownKey(key)
+	t.writes().ReplaceOrInsert(write{key: k, tombstone: true, end: end})
 	return nil
 }
 
@@ -452,6 +487,21 @@ func singleKey(key []byte) kv.KeyRange {
 	buf := make([]byte, len(key)+1)
 	copy(buf, key)
 	return kv.KeyRange{Begin: buf[:len(key):len(key)], End: buf}
+}
+
+// cloneRange copies r's bounds into one allocation.
+func cloneRange(r kv.KeyRange) kv.KeyRange {
+	buf := make([]byte, len(r.Begin)+len(r.End))
+	n := copy(buf, r.Begin)
+	copy(buf[n:], r.End)
+	out := kv.KeyRange{Begin: buf[:n:n], End: buf[n:]}
+	if r.Begin == nil {
+		out.Begin = nil
+	}
+	if r.End == nil {
+		out.End = nil
+	}
+	return out
 }
 
 func clone(b []byte) []byte {

@@ -64,7 +64,7 @@ type Tx struct {
 	// snapshot: a copy of its key and the key+"\x00" that ends it.
 	lastPoint kv.KeyRange
 	hooks     []func(kv.Version)
-	bufs    *setBufs // reused arrays, nil once recycled
+	bufs      *setBufs // reused arrays, nil once recycled
 }
 
 var _ kv.Tx = (*Tx)(nil)

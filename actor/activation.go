@@ -32,9 +32,13 @@ type request struct {
 	payload  []byte
 	deadline time.Time
 	state    atomic.Int32
-	reply    chan result // buffered: neither the actor nor the committer blocks on a caller
-	// timer fires at deadline for a caller whose context ends later; it is
-	// kept with the pooled request, so an invocation does not allocate one.
+	// reply receives the one reply, and the timer's mark; buffered for
+	// both, so that neither the actor, nor the committer, nor the timer
+	// blocks on a caller.
+	reply chan result
+	// timer fires at deadline for a caller whose context ends later, and
+	// puts errExpired in reply (expire); it is kept with the pooled
+	// request, so an invocation does not allocate one.
 	timer *time.Timer
 	// commit is the turn, once the actor has run it and handed it to the
 	// group commit; it lives in the pooled request so that a turn
@@ -46,6 +50,12 @@ type result struct {
 	out []byte
 	err error
 }
+
+// errExpired is the mark the deadline timer puts in a request's reply
+// channel; Invoke never returns it.
+var errExpired = errors.New("actor: invocation deadline (internal mark)")
+
+func (q *request) expire() { q.reply <- result{err: errExpired} }
 
 // maxInflightTurns bounds the turns of one activation that have run and
 // wait for their commit. It bounds what one failed commit rolls back, and

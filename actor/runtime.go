@@ -221,39 +221,59 @@ func (r *Runtime) Invoke(ctx context.Context, id ID, method string, payload []by
 		return nil, err
 	}
 	// ctx.Done covers a caller deadline that is the invocation's; an
-	// earlier InvocationTimeout needs a timer of its own.
-	var expired <-chan time.Time
+	// earlier InvocationTimeout needs a timer of its own, which puts a mark
+	// in the reply channel when it fires, so that the wait is one receive.
+	armed := false
 	if d, ok := ctx.Deadline(); !ok || deadline.Before(d) {
 		if req.timer == nil {
-			req.timer = time.NewTimer(time.Until(deadline))
+			req.timer = time.AfterFunc(time.Until(deadline), req.expire)
 		} else {
 			req.timer.Reset(time.Until(deadline))
 		}
-		expired = req.timer.C
+		armed = true
 	}
+	var res result
 	var why error
-	select {
-	case res := <-req.reply:
-		if expired != nil {
-			req.timer.Stop()
+	if done := ctx.Done(); done == nil {
+		res = <-req.reply
+	} else {
+		select {
+		case res = <-req.reply:
+		case <-done:
+			why = ctx.Err()
+		}
+	}
+	marked := why == nil && res.err == errExpired
+	if marked {
+		why = ErrTimeout
+	}
+	// markDue: the timer fired and its mark is still to be taken out of
+	// the channel, which must be empty before req is reused.
+	markDue := armed && !marked && !req.timer.Stop()
+	if why == nil {
+		if markDue {
+			<-req.reply
 		}
 		// The actor is done with req once it has replied.
 		r.recycle(req)
 		return res.out, res.err
-	case <-ctx.Done():
-		why = ctx.Err()
-	case <-expired:
-		why = ErrTimeout
-	}
-	if expired != nil {
-		req.timer.Stop()
 	}
 	// A reply that raced the deadline is the outcome.
-	select {
-	case res := <-req.reply:
-		r.recycle(req)
-		return res.out, res.err
-	default:
+	for {
+		select {
+		case res := <-req.reply:
+			if res.err == errExpired {
+				markDue = false
+				continue
+			}
+			if markDue {
+				<-req.reply
+			}
+			r.recycle(req)
+			return res.out, res.err
+		default:
+		}
+		break
 	}
 	// req is not recycled: the actor may still hold it.
 	switch {

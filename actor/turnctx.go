@@ -15,7 +15,7 @@ func (r *Runtime) newRequest() *request {
 	if q, ok := r.requests.Get().(*request); ok {
 		return q
 	}
-	return &request{reply: make(chan result, 1)}
+	return &request{reply: make(chan result, 2)}
 }
 
 func (r *Runtime) recycle(q *request) {

@@ -60,11 +60,8 @@ type Tx struct {
 	cleared []kv.KeyRange        // sorted, disjoint, non-adjacent
 	reads   []kv.KeyRange
 	size    int // bytes counted against kv.TransactionLimit
-	// lastPoint is the read range of the last Get that reached the
-	// snapshot: a copy of its key and the key+"\x00" that ends it.
-	lastPoint kv.KeyRange
-	hooks     []func(kv.Version)
-	bufs      *setBufs // reused arrays, nil once recycled
+	hooks   []func(kv.Version)
+	bufs    *setBufs // reused arrays, nil once recycled
 }
 
 var _ kv.Tx = (*Tx)(nil)
@@ -233,11 +230,9 @@ func (t *Tx) Get(key []byte) ([]byte, bool, error) {
 	if t.inCleared(key) {
 		return nil, false, nil
 	}
-	r := singleKey(key)
-	if err := t.addRead(r); err != nil {
+	if err := t.addRead(singleKey(key)); err != nil {
 		return nil, false, fmt.Errorf("get: %w", err)
 	}
-	t.lastPoint = r
 	v, ok, err := t.snap.Get(key)
 	if err != nil {
 		return nil, false, fmt.Errorf("get %q: %w", key, err)
@@ -384,20 +379,22 @@ func (t *Tx) Set(key, value []byte) error {
 	if err := t.grow(len(key) + len(value)); err != nil {
 		return fmt.Errorf("set %q: %w", truncKey(key), err)
 	}
-	k, end := t.ownKey(key)
-	t.writes().ReplaceOrInsert(write{key: k, value: cloneNonNil(value), end: end})
+	k, end, v := ownWrite(key, value)
+	t.writes().ReplaceOrInsert(write{key: k, value: v, end: end})
 	return nil
 }
 
-// ownKey returns a copy of key for the write buffer. A key the transaction
-// has just read (read, then write: the common update) is already copied,
-// with its range end, in the read set; both are immutable, so the write
-// shares them instead of copying again.
-func (t *Tx) ownKey(key []byte) (k, end []byte) {
-	if r := t.lastPoint; r.Begin != nil && bytes.Equal(r.Begin, key) {
-		return r.Begin, r.End
-	}
-	return clone(key), nil
+// ownWrite copies a write into one allocation: the key, a zero byte (so
+// that key+"\x00", the end of the write's conflict range, needs no copy of
+// its own), then the value. The store keeps the key and the value it is
+// handed, so they stay next to each other in memory: a lookup that
+// compared the key finds the value in the same cache lines.
+func ownWrite(key, value []byte) (k, end, v []byte) {
+	n := len(key)
+	buf := make([]byte, n+1+len(value))
+	copy(buf, key)
+	copy(buf[n+1:], value)
+	return buf[:n:n], buf[: n+1 : n+1], buf[n+1:]
 }
 
 // Clear implements kv.Tx.
@@ -413,7 +410,7 @@ func (t *Tx) Clear(key []byte) error {
 	if err := t.grow(len(key)); err != nil {
 		return fmt.Errorf("clear %q: %w", truncKey(key), err)
 	}
-	k, end := t.ownKey(key)
+	k, end, _ := ownWrite(key, nil)
 	t.writes().ReplaceOrInsert(write{key: k, tombstone: true, end: end})
 	return nil
 }

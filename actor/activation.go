@@ -96,14 +96,19 @@ type activation struct {
 	// by turns, so a turn costs no timer operation.
 	idle *time.Timer
 
-	mu       sync.Mutex
-	closing  bool
-	reason   string
-	dropped  error // why the committer ended the activation, if it did
-	pending  int   // requests enqueued and not yet run
-	ready    bool  // loaded
-	lastUsed int64 // unix nanoseconds of the last finished turn
-	epoch    uint64
+	mu      sync.Mutex
+	closing bool
+	reason  string
+	dropped error // why the committer ended the activation, if it did
+	ready   bool  // loaded
+	epoch   uint64
+	// pending counts the requests enqueued and not yet run. It goes up
+	// only under mu, where closing is decided, and down without it (the
+	// goroutine, after a turn), so "nothing pending" seen under mu stays
+	// true until mu is released.
+	pending atomic.Int32
+	// lastUsed is when the last turn started, in unix nanoseconds.
+	lastUsed atomic.Int64
 
 	// Shared by the goroutine and the committer.
 	inflight  atomic.Int32  // turns handed to the committer and not yet decided
@@ -146,9 +151,9 @@ func (a *activation) start() error {
 		r.wg.Done()
 		return err
 	}
-	now := time.Now().UnixNano()
+	a.lastUsed.Store(time.Now().UnixNano())
 	a.mu.Lock()
-	a.ready, a.epoch, a.lastUsed = true, a.m.epoch, now
+	a.ready, a.epoch = true, a.m.epoch
 	a.mu.Unlock()
 	r.record("activate %s epoch %d seq %d", a.id, a.m.epoch, a.m.seq)
 	if r.cfg.Observer != nil {
@@ -216,8 +221,8 @@ func (a *activation) idleCheck() {
 	if a.closing {
 		return // the timer is not set again once closing is
 	}
-	idleFor := time.Duration(time.Now().UnixNano() - a.lastUsed)
-	if a.pending > 0 || idleFor < r.cfg.IdleTimeout {
+	idleFor := time.Duration(time.Now().UnixNano() - a.lastUsed.Load())
+	if a.pending.Load() > 0 || idleFor < r.cfg.IdleTimeout {
 		left := r.cfg.IdleTimeout - idleFor
 		if left <= 0 {
 			left = r.cfg.IdleTimeout
@@ -333,17 +338,13 @@ func (a *activation) load() error {
 // turn runs one request. It returns an error when the activation must end
 // (its lease is lost, it was fenced, or its state is no longer known).
 func (a *activation) turn(req *request) (drop error) {
-	defer func() {
-		now := time.Now().UnixNano()
-		a.mu.Lock()
-		a.pending--
-		a.lastUsed = now
-		a.mu.Unlock()
-	}()
+	now := time.Now()
+	a.lastUsed.Store(now.UnixNano())
+	defer a.pending.Add(-1)
 	if !req.state.CompareAndSwap(reqQueued, reqStarted) {
 		return nil // the caller gave up before it started
 	}
-	if !time.Now().Before(req.deadline) {
+	if !now.Before(req.deadline) {
 		req.reply <- result{err: fmt.Errorf("actor %s: %w: the deadline passed while the invocation waited in the mailbox; it did not run", a.id, ErrTimeout)}
 		return nil
 	}
@@ -532,9 +533,7 @@ func (a *activation) drain(first *request, err error) {
 		if req.state.CompareAndSwap(reqQueued, reqStarted) {
 			req.reply <- result{err: err}
 		}
-		a.mu.Lock()
-		a.pending--
-		a.mu.Unlock()
+		a.pending.Add(-1)
 	}
 	fail(first)
 	for {

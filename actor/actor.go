@@ -52,7 +52,8 @@ type Actor interface {
 	Receive(c *Call) ([]byte, error)
 	// Save returns the state to commit after a successful Receive. When the
 	// bytes equal the last committed state and the handler wrote no keys,
-	// the runtime commits nothing.
+	// the runtime commits nothing. The runtime copies the bytes before Save
+	// returns to it, so an actor may return the same buffer every time.
 	Save() ([]byte, error)
 }
 

@@ -23,8 +23,12 @@ import (
 	"github.com/kelpie-go/kelpie/kv/memkv"
 )
 
-// benchCounter is a minimal actor: an 8-byte decimal count.
-type benchCounter struct{ n int64 }
+// benchCounter is a minimal actor: a decimal count, saved into one reused
+// buffer.
+type benchCounter struct {
+	n   int64
+	buf []byte
+}
 
 func (c *benchCounter) Load(state []byte) error {
 	if state == nil {
@@ -35,7 +39,10 @@ func (c *benchCounter) Load(state []byte) error {
 	c.n = n
 	return err
 }
-func (c *benchCounter) Save() ([]byte, error) { return strconv.AppendInt(nil, c.n, 10), nil }
+func (c *benchCounter) Save() ([]byte, error) {
+	c.buf = strconv.AppendInt(c.buf[:0], c.n, 10)
+	return c.buf, nil
+}
 func (c *benchCounter) Receive(call *Call) ([]byte, error) {
 	if call.Method() == "add" {
 		c.n++

@@ -311,7 +311,7 @@ func (r *Runtime) enqueue(ctx context.Context, id ID, req *request) error {
 			// The activation was made with one pending slot held for its
 			// creator, so that it could not be evicted as idle before the
 			// request that caused it arrived.
-			a.pending--
+			a.pending.Add(-1)
 		}
 		if a.closing {
 			a.mu.Unlock()
@@ -324,12 +324,15 @@ func (r *Runtime) enqueue(ctx context.Context, id ID, req *request) error {
 			}
 			continue
 		}
+		// Counted before the send, so that the goroutine, which counts a
+		// turn down as soon as it ran, never takes pending below zero.
+		a.pending.Add(1)
 		select {
 		case a.mailbox <- req:
-			a.pending++
 			a.mu.Unlock()
 			return nil
 		default:
+			a.pending.Add(-1)
 			a.mu.Unlock()
 			return &MailboxFullError{ID: id, Capacity: r.cfg.MailboxSize}
 		}
@@ -368,7 +371,7 @@ func (r *Runtime) activate(id ID) (a *activation, created bool, err error) {
 	if len(r.acts) > r.peak {
 		r.peak = len(r.acts)
 	}
-	a.pending = 1 // held for the creator's request (see enqueue)
+	a.pending.Store(1) // held for the creator's request (see enqueue)
 	r.live++
 	r.wg.Add(1) // done when its goroutine exits, or when start fails
 	return a, true, nil
@@ -388,8 +391,8 @@ func (r *Runtime) evictLocked() bool {
 		}
 		seen++
 		a.mu.Lock()
-		idle := !a.closing && a.pending == 0 && a.ready
-		used := a.lastUsed
+		idle := !a.closing && a.pending.Load() == 0 && a.ready
+		used := a.lastUsed.Load()
 		a.mu.Unlock()
 		if !idle {
 			continue
@@ -403,7 +406,7 @@ func (r *Runtime) evictLocked() bool {
 		return false
 	}
 	victim.mu.Lock()
-	ok := !victim.closing && victim.pending == 0
+	ok := !victim.closing && victim.pending.Load() == 0
 	if ok {
 		victim.shutLocked("evicted")
 	}
@@ -437,7 +440,7 @@ func (r *Runtime) Active() []Activation {
 	for _, a := range r.acts {
 		a.mu.Lock()
 		if a.ready && !a.closing {
-			out = append(out, Activation{ID: a.id, Epoch: a.epoch, Seq: a.committed.Load(), LastUsed: time.Unix(0, a.lastUsed)})
+			out = append(out, Activation{ID: a.id, Epoch: a.epoch, Seq: a.committed.Load(), LastUsed: time.Unix(0, a.lastUsed.Load())})
 		}
 		a.mu.Unlock()
 	}

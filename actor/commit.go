@@ -3,7 +3,6 @@ package actor
 import (
 	"errors"
 	"fmt"
-	"runtime"
 	"sort"
 
 	"github.com/kelpie-go/kelpie/kv"
@@ -16,7 +15,13 @@ import (
 // record. A turn that fails its check is left out and fails on its own; the
 // others commit. So each turn's effects are still atomic and fenced, while
 // the store's per-transaction cost is paid once per batch instead of once
-// per invocation.
+// per invocation. The committer never waits for a batch to fill: it takes
+// every turn that queued while its last commit ran, so a slow store (an
+// fsync per commit) gathers large batches and a fast one small ones, and
+// no turn waits for company. (Yielding the processor to let turns gather
+// cost more than it saved: a yielding goroutine goes to the back of the
+// scheduler's global queue, and every turn behind the committer waited
+// with it.)
 //
 // The committer decides each turn's outcome and replies to its caller
 // (settle). Turns of one actor arrive in the order the actor ran them and
@@ -26,9 +31,6 @@ import (
 const (
 	// maxBatchTurns bounds the turns one group commit carries.
 	maxBatchTurns = 512
-	// maxBatchYields bounds how often the committer yields the processor
-	// to let more turns join a batch.
-	maxBatchYields = 4
 	// commitQueue bounds the turns waiting for the committer; an actor whose
 	// turn finds it full waits, which is the backpressure of the store.
 	commitQueue = 4096
@@ -74,32 +76,20 @@ func (r *Runtime) committer() {
 		}
 		batch = append(batch[:0], first)
 		size := first.mutationBytes()
-		// Let the turns that are running finish and queue before
-		// committing: a few yields of the processor cost far less than a
-		// store transaction per turn. It stops as soon as a yield brings
-		// nothing new, so a lone turn is not delayed.
-		for round := 0; round < maxBatchYields && len(batch) < maxBatchTurns; round++ {
-			got := false
-		fill:
-			for len(batch) < maxBatchTurns {
-				select {
-				case p := <-r.commits:
-					got = true
-					if size+p.mutationBytes() > kv.TransactionLimit {
-						r.commitBatch(batch)
-						batch, size = append(batch[:0], p), 0
-					} else {
-						batch = append(batch, p)
-					}
-					size += p.mutationBytes()
-				default:
-					break fill
+	fill:
+		for len(batch) < maxBatchTurns {
+			select {
+			case p := <-r.commits:
+				if size+p.mutationBytes() > kv.TransactionLimit {
+					r.commitBatch(batch)
+					batch, size = append(batch[:0], p), 0
+				} else {
+					batch = append(batch, p)
 				}
+				size += p.mutationBytes()
+			default:
+				break fill
 			}
-			if !got && round > 0 {
-				break
-			}
-			runtime.Gosched()
 		}
 		r.commitBatch(batch)
 	}
@@ -125,53 +115,12 @@ func (r *Runtime) commitBatch(batch []*pendingCommit) {
 		}
 		return
 	}
-	var version kv.Version
-	// failed holds, per attempt, the chains a turn of this batch broke;
-	// made only when one does.
-	var failed map[*activation]uint64
-	fail := func(p *pendingCommit, err error) {
-		p.err = err
-		if failed == nil {
-			failed = map[*activation]uint64{}
-		}
-		failed[p.a] = p.chain
-	}
-	err := r.cfg.DB.Transact(r.ctx, func(tx kv.Tx) error {
-		clear(failed)
-		for _, p := range batch {
-			p.err = nil
-			if c, ok := failed[p.a]; ok && c == p.chain || p.a.broken.Load() == p.chain {
-				p.err = errBrokenChain
-				continue
-			}
-			rec, ok, err := tx.Get(p.a.keys.record)
-			if err != nil {
-				return &batchError{fmt.Errorf("read record of %s: %w", p.a.id, err)}
-			}
-			var stored meta
-			if ok {
-				if stored, _, err = decodeRecord(p.a.id, rec); err != nil {
-					fail(p, err)
-					continue
-				}
-			}
-			if err := checkCommit(p.a.id, p.mine, stored, ok); err != nil {
-				fail(p, err)
-				continue
-			}
-			if !p.changed {
-				continue
-			}
-			if err := applyTurn(tx, p); err != nil {
-				// A turn's size was checked before it was queued, so this
-				// is the store refusing; the transaction cannot be
-				// trusted to hold part of a turn.
-				return &batchError{err}
-			}
-		}
-		tx.OnCommit(func(v kv.Version) { version = v })
-		return nil
-	})
+	g := &r.group
+	g.batch, g.version = batch, 0
+	err := r.cfg.DB.Transact(r.ctx, g.fn)
+	version := g.version
+	g.batch = nil
+	clear(g.failed) // holds no activation past its batch
 	r.stats.batches.Add(1)
 	r.stats.turns.Add(uint64(len(batch)))
 	var be *batchError
@@ -189,6 +138,68 @@ func (r *Runtime) commitBatch(batch []*pendingCommit) {
 			p.err = fmt.Errorf("actor %s: %w: commit: %w", p.a.id, ErrOutcomeUnknown, err)
 		}
 	}
+}
+
+// groupTx is the committer's transaction function and what it works on,
+// made once per runtime so that a group commit allocates no closures.
+type groupTx struct {
+	batch   []*pendingCommit
+	version kv.Version
+	// failed holds, per attempt, the chain a turn of this batch broke, per
+	// activation.
+	failed   map[*activation]uint64
+	fn       func(kv.Tx) error
+	onCommit func(kv.Version)
+}
+
+func (g *groupTx) init() {
+	g.failed = map[*activation]uint64{}
+	g.fn = g.run
+	g.onCommit = func(v kv.Version) { g.version = v }
+}
+
+func (g *groupTx) fail(p *pendingCommit, err error) {
+	p.err = err
+	g.failed[p.a] = p.chain
+}
+
+// run checks each turn of the batch against its stored record and adds
+// the turns that pass to tx.
+func (g *groupTx) run(tx kv.Tx) error {
+	clear(g.failed)
+	for _, p := range g.batch {
+		p.err = nil
+		if c, ok := g.failed[p.a]; ok && c == p.chain || p.a.broken.Load() == p.chain {
+			p.err = errBrokenChain
+			continue
+		}
+		rec, ok, err := tx.Get(p.a.keys.record)
+		if err != nil {
+			return &batchError{fmt.Errorf("read record of %s: %w", p.a.id, err)}
+		}
+		var stored meta
+		if ok {
+			if stored, _, err = decodeRecord(p.a.id, rec); err != nil {
+				g.fail(p, err)
+				continue
+			}
+		}
+		if err := checkCommit(p.a.id, p.mine, stored, ok); err != nil {
+			g.fail(p, err)
+			continue
+		}
+		if !p.changed {
+			continue
+		}
+		if err := applyTurn(tx, p); err != nil {
+			// A turn's size was checked before it was queued, so this is
+			// the store refusing; the transaction cannot be trusted to
+			// hold part of a turn.
+			return &batchError{err}
+		}
+	}
+	tx.OnCommit(g.onCommit)
+	return nil
 }
 
 // errBrokenChain marks, inside commitBatch, a turn whose chain broke

@@ -128,6 +128,7 @@ type Runtime struct {
 	commits       chan *pendingCommit
 	stopCommitter chan struct{}
 	committerDone chan struct{}
+	group         groupTx // the committer's
 
 	requests sync.Pool // of *request
 
@@ -159,6 +160,7 @@ func New(cfg Config) (*Runtime, error) {
 		factories:     map[string]Factory{},
 		acts:          map[ID]*activation{},
 	}
+	r.group.init()
 	go r.committer()
 	return r, nil
 }

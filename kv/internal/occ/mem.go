@@ -70,9 +70,10 @@ func (m *Mem) Snapshot(ctx context.Context) (Snapshot, error) {
 		// copy-on-write context, and it is never written through. The
 		// commit that replaces this version clones the tree if the
 		// generation is still in use (see prepareWriteLocked).
-		h := new(btree.BTreeG[item])
-		*h = *m.tree
-		m.cur = &memGen{tree: h, version: m.version}
+		g := &memGen{version: m.version}
+		g.header = *m.tree
+		g.tree = &g.header
+		m.cur = g
 	}
 	m.cur.refs.Add(1)
 	return &memSnap{gen: m.cur, tree: m.cur.tree, version: m.version}, nil
@@ -80,7 +81,8 @@ func (m *Mem) Snapshot(ctx context.Context) (Snapshot, error) {
 
 // memGen is the frozen view shared by the snapshots of one version.
 type memGen struct {
-	tree    *btree.BTreeG[item]
+	tree    *btree.BTreeG[item] // &header
+	header  btree.BTreeG[item]
 	version kv.Version
 	// refs counts the snapshots not yet released. It goes up only under
 	// Mem.mu and is read under Mem.mu by the commit that ends the

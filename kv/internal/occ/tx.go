@@ -44,6 +44,10 @@ const maxPooledSet = 1024
 type setBufs struct {
 	reads []kv.KeyRange
 	muts  []Mutation
+	hooks []func(kv.Version)
+	// points is an emptied write buffer (its nodes went back to
+	// writeNodes).
+	points *btree.BTreeG[write]
 }
 
 var setPool = sync.Pool{New: func() any { return new(setBufs) }}
@@ -62,13 +66,15 @@ type Tx struct {
 	size    int // bytes counted against kv.TransactionLimit
 	hooks   []func(kv.Version)
 	bufs    *setBufs // reused arrays, nil once recycled
+	commit  Commit   // what finish returns
+	spare   *btree.BTreeG[write]
 }
 
 var _ kv.Tx = (*Tx)(nil)
 
 func newTx(s Snapshot) *Tx {
 	b := setPool.Get().(*setBufs)
-	return &Tx{snap: s, bufs: b, reads: b.reads[:0]}
+	return &Tx{snap: s, bufs: b, reads: b.reads[:0], hooks: b.hooks[:0]}
 }
 
 // recycle hands the transaction's read set and the mutation list of c (its
@@ -96,6 +102,15 @@ func (t *Tx) recycle(c *Commit) {
 	if c != nil {
 		c.Reads, c.Mutations = nil, nil
 	}
+	b.hooks = nil
+	if cap(t.hooks) <= maxPooledSet {
+		clear(t.hooks)
+		b.hooks = t.hooks[:0]
+	}
+	t.hooks = nil
+	if t.spare != nil {
+		b.points, t.spare = t.spare, nil
+	}
 	setPool.Put(b)
 }
 
@@ -103,7 +118,11 @@ func (t *Tx) recycle(c *Commit) {
 // transaction that only reads never needs one.
 func (t *Tx) writes() *btree.BTreeG[write] {
 	if t.points == nil {
-		t.points = btree.NewWithFreeListG(btreeDegree, writeLess, writeNodes)
+		if t.bufs != nil && t.bufs.points != nil {
+			t.points, t.bufs.points = t.bufs.points, nil
+		} else {
+			t.points = btree.NewWithFreeListG(btreeDegree, writeLess, writeNodes)
+		}
 	}
 	return t.points
 }
@@ -119,7 +138,8 @@ func (t *Tx) end() {
 func (t *Tx) finish() (*Commit, []func(kv.Version)) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	c := &Commit{ReadVersion: t.snap.Version(), Reads: t.reads}
+	t.commit = Commit{ReadVersion: t.snap.Version(), Reads: t.reads}
+	c := &t.commit
 	n := len(t.cleared)
 	ends := 0 // bytes of the point writes' range ends still to make, key + "\x00" each
 	if t.points != nil {
@@ -171,7 +191,7 @@ func (t *Tx) finish() (*Commit, []func(kv.Version)) {
 		// Hand the nodes back for the next transaction; the keys and
 		// values now belong to the commit.
 		t.points.Clear(true)
-		t.points = nil
+		t.spare, t.points = t.points, nil
 	}
 	return c, t.hooks
 }

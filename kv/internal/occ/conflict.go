@@ -54,10 +54,10 @@ func (l *ConflictLog) Check(readVersion kv.Version, reads []kv.KeyRange) error {
 	if readVersion < l.floor {
 		return fmt.Errorf("%w: read version %d is older than the oldest commit remembered (%d; occ.ConflictLogCommits)", kv.ErrConflict, readVersion, l.floor)
 	}
-	i := sort.Search(l.n, func(i int) bool { return l.at(i).version > readVersion })
-	if i == l.n || len(reads) == 0 {
-		return nil
+	if l.n == 0 || l.at(l.n-1).version <= readVersion || len(reads) == 0 {
+		return nil // nothing committed since the read (the common case)
 	}
+	i := sort.Search(l.n, func(i int) bool { return l.at(i).version > readVersion })
 	rs := normalize(reads)
 	for ; i < l.n; i++ {
 		e := l.at(i)

@@ -20,10 +20,18 @@
 // of them do and the in-memory actor is rebuilt from the last committed
 // state. Commits are grouped: one committer goroutine per node puts the
 // finished turns of many actors into one transaction, which reads each
-// actor's meta (its fencing epoch and commit sequence) and applies a turn
-// only if no newer activation of that actor has committed. A fenced turn is
-// left out and fails alone; an old owner that lost its lease can never
-// overwrite the new one.
+// actor's record (its fencing epoch, its commit sequence and its state, in
+// one value) and applies a turn only if no newer activation of that actor
+// has committed. A fenced turn is left out and fails alone; an old owner
+// that lost its lease can never overwrite the new one.
+//
+// Turns are pipelined: once a turn is handed to the commit, the actor runs
+// its next one on the state the first left, and the committer replies to
+// each caller once its commit is decided. Reads during a turn see the
+// writes of the actor's turns still being committed, so the pipeline is
+// invisible to handlers; a commit that fails fails every turn that ran on
+// it (none of them committed), and the actor goes back to its last
+// committed state before its next turn.
 //
 // Every error Invoke returns means the invocation had no effect, except
 // those that wrap ErrOutcomeUnknown (the caller stopped waiting, or the node
@@ -101,6 +109,10 @@ var (
 	// caller stopped waiting, or the node or its storage stopped, while the
 	// commit was in flight.
 	ErrOutcomeUnknown = errors.New("actor: outcome unknown")
+	// ErrRolledBack: the invocation ran on the effects of an earlier
+	// invocation of the same actor that then failed to commit, so it was
+	// rolled back with it. The error also wraps that failure. Retry.
+	ErrRolledBack = errors.New("actor: rolled back with an earlier invocation")
 	// ErrInvalid: the invocation itself is malformed (bad ID, method or
 	// payload).
 	ErrInvalid = errors.New("actor: invalid invocation")
@@ -144,7 +156,8 @@ func (e *FencedError) Unwrap() error { return ErrFenced }
 
 // Observer hears about activations and commits; the simulation uses it to
 // check single activation and fencing on the runtime's own events. Methods
-// are called from activation goroutines and must be quick.
+// are called from activation goroutines (Activated, Deactivated) and from
+// the committer (Committed, in commit order), and must be quick.
 type Observer interface {
 	// Activated: the actor is active on this node with epoch, at commit
 	// seq, having read (or claimed) it at KV version v.

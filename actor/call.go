@@ -14,9 +14,9 @@ import (
 // buffered and commit with the actor's new state, atomically, after the
 // handler returns; reads see the store overlaid with the writes of this
 // actor's earlier turns still being committed and then with the turn's own
-// writes, so a handler reads what it, and every turn before it, wrote. Each read runs in its own read-only
-// transaction, taken when it is made, so a turn that reads nothing costs the
-// store nothing. The reads of one turn are still consistent with each other:
+// writes, so a handler reads what it, and every turn before it, wrote.
+// Each read runs in its own read-only transaction, taken when it is made,
+// so a turn that reads nothing costs the store nothing. The reads of one turn are still consistent with each other:
 // only this actor's activation writes its keys, and the commit of the turn
 // checks (in the commit's transaction) that no other activation has
 // committed since this one loaded, so a turn whose reads could have seen

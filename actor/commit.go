@@ -221,7 +221,11 @@ func (r *Runtime) settle(p *pendingCommit) {
 			}
 		}
 	case p.err == errBrokenChain:
-		p.err = fmt.Errorf("actor %s: rolled back: an earlier invocation of this actor, whose effects this one saw, did not commit (%w)", a.id, noEffect(a.brokenBy))
+		why := a.brokenBy
+		if why == nil {
+			why = fmt.Errorf("%w: the runtime stopped before its commit started", ErrClosed)
+		}
+		p.err = fmt.Errorf("actor %s: %w: an earlier invocation of this actor, whose effects this one saw, did not commit (%w)", a.id, ErrRolledBack, noEffect(why))
 	default:
 		if a.broken.Load() != p.chain {
 			a.brokenBy = p.err

@@ -3,7 +3,6 @@ package actor
 import (
 	"context"
 	"errors"
-	"strings"
 	"testing"
 
 	"github.com/kelpie-go/kelpie/actor/placement"
@@ -62,7 +61,7 @@ func TestGroupCommitIsolatesAFencedTurn(t *testing.T) {
 	if !errors.As(resS.err, &fe) || fe.StoredEpoch != 9 {
 		t.Fatalf("the stale turn: %v, want a FencedError naming epoch 9", resS.err)
 	}
-	if resS2.err == nil || !strings.Contains(resS2.err.Error(), "did not commit") || !errors.Is(resS2.err, ErrFenced) {
+	if !errors.Is(resS2.err, ErrRolledBack) || !errors.Is(resS2.err, ErrFenced) {
 		t.Fatalf("the stale actor's next turn: %v, want a rollback naming the fence", resS2.err)
 	}
 	if good.committed.Load() != 1 || stale.committed.Load() != 0 || stale.broken.Load() != stale.chain {

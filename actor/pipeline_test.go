@@ -190,7 +190,7 @@ func TestFailedCommitRollsBackTheTurnsThatRanOnIt(t *testing.T) {
 				t.Fatalf("the outcome is certain, but: %v", r.err)
 			case !errors.Is(r.err, kv.ErrCommitFailed):
 				t.Fatalf("invocation: %v, want one that wraps kv.ErrCommitFailed", r.err)
-			case strings.Contains(r.err.Error(), "did not commit"):
+			case errors.Is(r.err, actor.ErrRolledBack):
 				rolledBack++
 			default:
 				first++

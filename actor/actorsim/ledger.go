@@ -192,6 +192,7 @@ func errKind(err error) string {
 		err  error
 		name string
 	}{
+		{actor.ErrRolledBack, "rolled-back"},
 		{actor.ErrMailboxFull, "mailbox-full"},
 		{actor.ErrTooManyActive, "too-many-active"},
 		{actor.ErrFenced, "fenced"},

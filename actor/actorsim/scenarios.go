@@ -34,6 +34,11 @@ var Scenarios = []sim.Scenario{
 		Run:  runIdle,
 	},
 	{
+		Name: "actor-pipeline",
+		Doc:  "8 clients keep two actors busy while the store is slow and its commits fail; turns run while the turns before them commit, and every turn that ran on a commit that failed is rolled back with it: no failed invocation is visible, no acknowledged one lost, each actor's count equals its keys",
+		Run:  runPipeline,
+	},
+	{
 		Name: "actor-flood",
 		Doc:  "20 clients flood one actor with an 8-slot mailbox; the excess is refused with backpressure, every accepted invocation commits, other actors stay reachable",
 		Run:  runFlood,
@@ -503,6 +508,39 @@ func runIdle(s *sim.Simulation) error {
 		}
 	}
 	return h.requireSome("ok", 30)
+}
+
+func runPipeline(s *sim.Simulation) error {
+	const (
+		actors = 2
+		load   = time.Second
+	)
+	f := s.Faults()
+	// Slow commits let turns of one actor pile up behind them; failed
+	// ones must take those turns down with them.
+	f.MustInject(sim.Fault{Kind: simkv.FaultLatency, P: 0.3, Delay: 5 * time.Millisecond, Until: load})
+	f.MustInject(sim.Fault{Kind: simkv.FaultCommitError, P: 0.05, Until: load})
+	h := newHarness(s, true)
+	cfg := actor.Config{MailboxSize: 32, IdleTimeout: time.Minute, MaxActive: 16, InvocationTimeout: 2 * time.Second}
+	if _, err := h.localNode("n1", cfg); err != nil {
+		return err
+	}
+	stop := make(chan struct{})
+	wg := h.clients(8, actors, []string{"n1"}, "add", time.Millisecond, stop)
+	time.Sleep(load)
+	close(stop)
+	if err := waitGroup(wg); err != nil {
+		return err
+	}
+	if err := h.verify(actors, []string{"n1"}); err != nil {
+		return err
+	}
+	for _, k := range []string{"ok", "commit-failed", "rolled-back"} {
+		if err := h.requireSome(k, 1); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func runFlood(s *sim.Simulation) error {

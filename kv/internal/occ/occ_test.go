@@ -1,6 +1,7 @@
 package occ
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"testing"
@@ -99,5 +100,36 @@ func TestNormalize(t *testing.T) {
 		if fmt.Sprint(c.in) != before {
 			t.Errorf("normalize modified its input %s to %s", before, c.in)
 		}
+	}
+}
+
+// A range read's conflict range is the transaction's own copy: a caller
+// that reuses its buffers after GetRange does not shrink what the commit is
+// checked against.
+func TestRangeReadKeepsItsOwnBounds(t *testing.T) {
+	ctx := context.Background()
+	db := NewDB(NewMem())
+	attempts := 0
+	err := db.Transact(ctx, func(tx kv.Tx) error {
+		attempts++
+		begin, end := []byte("a"), []byte("m")
+		if _, err := tx.GetRange(kv.KeyRange{Begin: begin, End: end}, kv.RangeOptions{}); err != nil {
+			return err
+		}
+		copy(begin, "y") // the caller's buffers, reused
+		copy(end, "z")
+		if attempts == 1 {
+			// Another transaction writes inside the range that was read.
+			if err := db.Transact(ctx, func(tx kv.Tx) error { return tx.Set([]byte("c"), []byte("1")) }); err != nil {
+				return err
+			}
+		}
+		return tx.Set([]byte("out"), []byte("x"))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if attempts != 2 {
+		t.Fatalf("%d attempts, want 2: the first read [a, m), where c was then written, and must conflict", attempts)
 	}
 }

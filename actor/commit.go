@@ -123,21 +123,28 @@ func (r *Runtime) commitBatch(batch []*pendingCommit) {
 	clear(g.failed) // holds no activation past its batch
 	r.stats.batches.Add(1)
 	r.stats.turns.Add(uint64(len(batch)))
-	var be *batchError
 	for _, p := range batch {
 		switch {
 		case p.err != nil:
 			// Left out of the transaction: it failed on its own.
 		case err == nil:
 			p.version = version
-		case errors.As(err, &be):
-			p.err = fmt.Errorf("actor %s: the group commit carrying the turn failed before committing: %w; rolled back", p.a.id, be.err)
-		case errors.Is(err, kv.ErrCommitFailed), errors.Is(err, kv.ErrRetryLimit):
-			p.err = fmt.Errorf("actor %s: commit: %w; rolled back", p.a.id, err)
 		default:
-			p.err = fmt.Errorf("actor %s: %w: commit: %w", p.a.id, ErrOutcomeUnknown, err)
+			p.err = batchFailure(p.a.id, err)
 		}
 	}
+}
+
+// batchFailure is the error of a turn whose group commit failed with err.
+func batchFailure(id ID, err error) error {
+	var be *batchError
+	switch {
+	case errors.As(err, &be):
+		return fmt.Errorf("actor %s: the group commit carrying the turn failed before committing: %w; rolled back", id, be.err)
+	case errors.Is(err, kv.ErrCommitFailed), errors.Is(err, kv.ErrRetryLimit):
+		return fmt.Errorf("actor %s: commit: %w; rolled back", id, err)
+	}
+	return fmt.Errorf("actor %s: %w: commit: %w", id, ErrOutcomeUnknown, err)
 }
 
 // groupTx is the committer's transaction function and what it works on,

@@ -40,6 +40,8 @@ type Mem struct {
 	// cur is the generation that snapshots of version share, or nil when
 	// none was taken since the last commit.
 	cur *memGen
+	// spare is an ended generation no snapshot holds, for reuse.
+	spare *memGen
 	// commitMu serialises commits, held across the durability hook (which
 	// may sleep) so that validation and apply see no commit in between.
 	// Snapshots take only mu, so they are not held up by a slow commit.
@@ -70,7 +72,13 @@ func (m *Mem) Snapshot(ctx context.Context) (Snapshot, error) {
 		// copy-on-write context, and it is never written through. The
 		// commit that replaces this version clones the tree if the
 		// generation is still in use (see prepareWriteLocked).
-		g := &memGen{version: m.version}
+		g := m.spare
+		if g != nil {
+			m.spare = nil
+		} else {
+			g = new(memGen)
+		}
+		g.version = m.version
 		g.header = *m.tree
 		g.tree = &g.header
 		m.cur = g
@@ -99,8 +107,14 @@ type memGen struct {
 // them were made after a clone. The current generation ends either way,
 // since the version is about to change.
 func (m *Mem) prepareWriteLocked() {
-	if m.cur != nil && m.cur.refs.Load() > 0 {
-		m.tree = m.tree.Clone()
+	if m.cur != nil {
+		if m.cur.refs.Load() > 0 {
+			m.tree = m.tree.Clone()
+		} else {
+			// No snapshot holds it (a released one drops its pointer), so
+			// the next generation may reuse it.
+			m.spare = m.cur
+		}
 	}
 	m.cur = nil
 }

@@ -447,6 +447,11 @@ func (a *activation) execute(req *request) (err error, drop error) {
 	a.awaitInflight(maxInflightTurns - 1)
 	a.inflight.Add(1)
 	select {
+	case r.commits <- p: // the common case: room in the queue
+		return nil, nil
+	default:
+	}
+	select {
 	case r.commits <- p:
 		return nil, nil
 	case <-r.ctx.Done():

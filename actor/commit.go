@@ -62,16 +62,14 @@ func (p *pendingCommit) mutationBytes() int {
 	return p.bytes + len(p.a.keys.record) + len(p.record)
 }
 
-// committer runs group commits until stop is closed. It is stopped only once
-// no activation is left to submit.
+// committer runs group commits until it receives nil, which Close sends
+// once no activation is left to submit.
 func (r *Runtime) committer() {
 	defer close(r.committerDone)
 	batch := make([]*pendingCommit, 0, maxBatchTurns)
 	for {
-		var first *pendingCommit
-		select {
-		case first = <-r.commits:
-		case <-r.stopCommitter:
+		first := <-r.commits
+		if first == nil {
 			return
 		}
 		batch = append(batch[:0], first)

@@ -123,10 +123,9 @@ type Runtime struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	// commits feed the group committer (commit.go), which runs until
-	// stopCommitter is closed and then closes committerDone.
+	// commits feed the group committer (commit.go), which runs until it
+	// receives nil and then closes committerDone.
 	commits       chan *pendingCommit
-	stopCommitter chan struct{}
 	committerDone chan struct{}
 	group         groupTx // the committer's
 
@@ -155,7 +154,6 @@ func New(cfg Config) (*Runtime, error) {
 		ctx:           ctx,
 		cancel:        cancel,
 		commits:       make(chan *pendingCommit, commitQueue),
-		stopCommitter: make(chan struct{}),
 		committerDone: make(chan struct{}),
 		factories:     map[string]Factory{},
 		acts:          map[ID]*activation{},
@@ -485,7 +483,7 @@ func (r *Runtime) Close() error {
 	r.mu.Unlock()
 	r.wg.Wait()
 	// No activation is left to submit a turn.
-	close(r.stopCommitter)
+	r.commits <- nil
 	<-r.committerDone
 	r.cancel()
 	return nil

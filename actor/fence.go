@@ -55,11 +55,9 @@ func decodeRecord(id ID, b []byte) (m meta, state []byte, err error) {
 		}
 		return m, nil, nil
 	}
-	state = b[recordHeaderBytes:]
-	if state == nil {
-		state = []byte{}
-	}
-	return m, state, nil
+	// Never nil (b holds at least the header): a committed empty state is
+	// not the same as none.
+	return m, b[recordHeaderBytes:], nil
 }
 
 // The fencing protocol. These functions do no I/O: the runtime reads the
